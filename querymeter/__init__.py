@@ -1,0 +1,29 @@
+"""querymeter: count every database query with five exact counters, and read them as laws.
+
+>>> import querymeter
+>>> meter = querymeter.Meter()
+>>> with meter.track():
+...     pass
+>>> meter.snapshot().queries
+1
+"""
+
+from __future__ import annotations
+
+from ._faults import counts as faults
+from .core import IMPLEMENTATION
+from .interval import Interval
+from .meter import Meter, default_meter, snapshot
+from .snapshot import Snapshot
+
+__all__ = [
+    "IMPLEMENTATION",
+    "Interval",
+    "Meter",
+    "Snapshot",
+    "default_meter",
+    "faults",
+    "snapshot",
+]
+
+__version__ = "0.1.0.dev0"
