@@ -1,0 +1,81 @@
+"""Benchmark helpers: per-operation times and ratios to each group's baseline, one run.
+
+Each benchmarked function runs its operation ``OPS`` times in a loop, so that
+pytest-benchmark's own call overhead does not swamp operations of 100 ns; the
+baseline of each group loops the same way.  At the end of the run a table
+gives, per group, every benchmark's median time per operation and its ratio
+to the group's baseline, measured in the same run (timings on a shared
+two-core machine are only comparable as ratios).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from querymeter.meter import Meter, meter_class
+
+OPS = 1000  # operations per benchmarked call
+
+REQUIRE_C = os.environ.get("QUERYMETER_REQUIRE_C", "0") == "1"
+IMPLEMENTATIONS = {"c-extension": "c", "pure-python": "python"}
+
+
+@pytest.fixture(params=list(IMPLEMENTATIONS), ids=list(IMPLEMENTATIONS))
+def meter_type(request: pytest.FixtureRequest) -> type[Meter]:
+    """The Meter class over each core."""
+    try:
+        return meter_class(IMPLEMENTATIONS[request.param])
+    except ImportError as exc:
+        if REQUIRE_C:
+            pytest.fail(f"the C core is not built but QUERYMETER_REQUIRE_C=1: {exc}")
+        pytest.skip(f"the C core is not built: {exc}")
+
+
+def mark_baseline(benchmark: Any) -> None:
+    """Make this benchmark the one its group's ratios are computed against."""
+    benchmark.extra_info["baseline"] = True
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Print medians per operation and ratios to each group's baseline."""
+    session = getattr(config, "_benchmarksession", None)
+    benchmarks = [b for b in getattr(session, "benchmarks", []) if getattr(b, "stats", None)]
+    if not benchmarks:
+        return
+    groups: dict[str, list[Any]] = defaultdict(list)
+    for bench in benchmarks:
+        groups[bench.group or "(none)"].append(bench)
+    rows = []
+    terminalreporter.section("querymeter: median per operation, ratio to the group's baseline")
+    for group, members in sorted(groups.items()):
+        baselines = [b for b in members if b.extra_info.get("baseline")]
+        base = baselines[0].stats.median if baselines else None
+        terminalreporter.write_line(f"{group}:")
+        for bench in sorted(members, key=lambda b: b.stats.median):
+            ops = bench.extra_info.get("ops", OPS)
+            per_op_ns = bench.stats.median / ops * 1e9
+            ratio = bench.stats.median / base if base else float("nan")
+            extra = bench.stats.median - base if base else float("nan")
+            flag = "  (baseline)" if bench.extra_info.get("baseline") else ""
+            terminalreporter.write_line(
+                f"  {bench.name:60s} {per_op_ns:10.1f} ns/op  {ratio:6.2f}x  "
+                f"{extra / ops * 1e9:+9.1f} ns/op{flag}"
+            )
+            rows.append(
+                {
+                    "group": group,
+                    "name": bench.name,
+                    "ns_per_op": per_op_ns,
+                    "ratio": ratio,
+                    "added_ns_per_op": extra / ops * 1e9 if base else None,
+                }
+            )
+    out = os.environ.get("QUERYMETER_BENCH_SUMMARY")
+    if out:
+        Path(out).write_text(json.dumps(rows, indent=2))
