@@ -1,0 +1,147 @@
+"""DB-API hooks: count every statement that a PEP 249 driver sends.
+
+>>> import sqlite3, querymeter, querymeter.dbapi
+>>> querymeter.dbapi.instrument(sqlite3)
+>>> connection = sqlite3.connect(":memory:")   # counted, and still a sqlite3.Connection
+
+Each driver is counted through its own extension points (connection
+factories, cursor factories, subclasses), never through a generic proxy: a
+counted ``cursor.execute`` is the driver's own, wrapped in one C call.  What is
+counted for each driver is listed in docs/dbapi/.
+
+Supported drivers: sqlite3, psycopg (3, sync and async), psycopg2, pymysql and
+aiosqlite.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import threading
+import types
+from typing import Any
+
+from ..meter import Meter
+from ._counting import connection_meter, validate_meter
+from ._patching import Patch
+
+__all__ = [
+    "SUPPORTED_DRIVERS",
+    "instrument",
+    "instrumented_meter",
+    "meter_of",
+    "uninstrument",
+    "unwrap_connection",
+    "wrap_connection",
+]
+
+SUPPORTED_DRIVERS = ("sqlite3", "psycopg", "psycopg2", "pymysql", "aiosqlite")
+
+_instrumented: dict[str, tuple[Meter, list[Patch]]] = {}
+_lock = threading.Lock()
+
+
+def _adapter(name: str) -> Any:
+    return importlib.import_module(f"{__name__}._{name}")
+
+
+def _driver_name(module: object) -> str:
+    if not isinstance(module, types.ModuleType):
+        raise TypeError(
+            f"expected a driver module such as sqlite3 or psycopg, not {type(module).__name__}"
+        )
+    name = module.__name__
+    if name not in SUPPORTED_DRIVERS:
+        raise ValueError(
+            f"querymeter.dbapi does not support {name!r}; "
+            f"supported drivers: {', '.join(SUPPORTED_DRIVERS)}"
+        )
+    return name
+
+
+def instrument(module: types.ModuleType, *, meter: Meter | None = None) -> None:
+    """Count every statement of every connection the driver opens from now on.
+
+    Patches the driver's ``connect`` (for psycopg also ``Connection.connect``
+    and ``AsyncConnection.connect``) so that new connections and their cursors
+    count into ``meter`` (the default meter unless given).  Connections opened
+    before are not affected: see :func:`wrap_connection`.  Instrumenting again
+    with the same meter does nothing; with another meter it raises
+    ``ValueError`` (a statement would be counted twice).
+    """
+    name = _driver_name(module)
+    counted_into = validate_meter(meter)
+    with _lock:
+        current = _instrumented.get(name)
+        if current is not None:
+            if current[0] is counted_into:
+                return
+            raise ValueError(
+                f"{name} is already instrumented with another meter; "
+                f"call querymeter.dbapi.uninstrument({name}) first"
+            )
+        patches = _adapter(name).instrument(module, counted_into)
+        for patch in patches:
+            patch.install()
+        _instrumented[name] = (counted_into, patches)
+
+
+def uninstrument(module: types.ModuleType) -> None:
+    """Put the driver's original ``connect`` back, exactly; does nothing if not instrumented.
+
+    Connections opened while instrumented keep counting until closed, or until
+    :func:`unwrap_connection`.
+    """
+    name = _driver_name(module)
+    with _lock:
+        entry = _instrumented.pop(name, None)
+    if entry is not None:
+        for patch in reversed(entry[1]):
+            patch.remove()
+
+
+def instrumented_meter(module: types.ModuleType) -> Meter | None:
+    """The meter a driver module is instrumented with, or None."""
+    entry = _instrumented.get(_driver_name(module))
+    return entry[0] if entry else None
+
+
+def _adapter_for_connection(connection: object) -> Any:
+    for name in SUPPORTED_DRIVERS:
+        if name not in sys.modules:
+            continue  # a connection of a driver never imported cannot exist
+        adapter = _adapter(name)
+        if isinstance(connection, adapter.connection_types()):
+            return adapter
+    raise TypeError(
+        "expected a connection of a supported driver "
+        f"({', '.join(SUPPORTED_DRIVERS)}), not {type(connection).__name__}"
+    )
+
+
+def wrap_connection(connection: Any, *, meter: Meter | None = None) -> Any:
+    """Count every statement of one existing connection; returns the connection to use.
+
+    For every driver but sqlite3 this is the same object, changed in place.
+    sqlite3's connection class is immutable, so an existing sqlite3 connection
+    is returned behind a thin proxy (see docs/dbapi/sqlite.md).  Wrapping again
+    with the same meter does nothing; a connection that counts into another
+    meter raises ``ValueError``.
+    """
+    adapter = _adapter_for_connection(connection)
+    return adapter.wrap(connection, validate_meter(meter))
+
+
+def unwrap_connection(connection: Any) -> Any:
+    """Stop counting a connection; returns the driver's own connection object.
+
+    The inverse of :func:`wrap_connection`, and also stops connections opened by
+    an instrumented ``connect``.  Cursors opened before keep counting.
+    """
+    adapter = _adapter_for_connection(connection)
+    return adapter.unwrap(connection)
+
+
+def meter_of(connection: object) -> Meter | None:
+    """The meter a connection counts into, or None."""
+    return connection_meter(connection)

@@ -1,0 +1,182 @@
+"""DB-API hooks for aiosqlite: counted at the coroutine, where the application waits.
+
+Counted: ``Connection.execute``, ``executemany``, ``executescript``,
+``execute_fetchall`` and ``execute_insert``, and ``Cursor.execute``,
+``executemany`` and ``executescript``.  Each counts from the moment the
+coroutine starts until its result is back, queueing for the connection's
+worker thread included: that is the time the application waits, so many
+coroutines can be in flight at once from one thread, and a cancelled query
+ends, as an error, when its coroutine does.  The sqlite3 connection
+underneath is not counted again, even if sqlite3 is instrumented too.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import aiosqlite
+import aiosqlite.context
+
+from ..meter import Meter
+from ._counting import (
+    already_counted_by_other,
+    connection_meter,
+    connection_namespace,
+    counted_class,
+    forget_connection,
+    original_class,
+    report_fault,
+    set_connection_meter,
+    tracked,
+)
+from ._patching import Patch
+
+__all__ = ["connection_types", "instrument", "unwrap", "wrap"]
+
+NAME = "aiosqlite"
+CURSOR_METHODS = {"execute": tracked, "executemany": tracked, "executescript": tracked}
+SHORTCUTS = ("execute", "executemany", "executescript", "execute_fetchall", "execute_insert")
+BASE_CONNECTION = aiosqlite.Connection
+BASE_CURSOR = aiosqlite.Cursor
+
+
+def connection_types() -> tuple[type, ...]:
+    return (BASE_CONNECTION,)
+
+
+def cursor_class(base: type, meter: Meter) -> type:
+    """The counted subclass of an aiosqlite cursor class."""
+    return counted_class(base, meter, CURSOR_METHODS)
+
+
+def counted_cursor(result: Any, meter: Meter | None) -> Any:
+    """A cursor the connection returned, made counted (aiosqlite makes plain ones)."""
+    if meter is not None and isinstance(result, BASE_CURSOR):
+        result.__class__ = cursor_class(type(result), meter)
+    return result
+
+
+def _coroutine_function(method: Any) -> Callable[..., Coroutine[Any, Any, Any]]:
+    # aiosqlite's methods are `async def`s wrapped to return a Result that is
+    # both awaitable and an async context manager; count the coroutine inside.
+    inner: Callable[..., Coroutine[Any, Any, Any]] = getattr(method, "__wrapped__", method)
+    return inner
+
+
+_connection_classes: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
+_connection_classes_lock = threading.Lock()
+
+
+def connection_class(base: type) -> type[Any]:
+    """The counting subclass of an aiosqlite Connection class (its meter is per connection)."""
+    base = original_class(base)
+    cls = _connection_classes.get(base)
+    if cls is not None:
+        return cls
+    with _connection_classes_lock:
+        cls = _connection_classes.get(base)
+        if cls is None:
+            cls = _connection_classes[base] = _make_connection_class(base)
+    return cls
+
+
+def _make_connection_class(base: Any) -> type[Any]:
+    namespace = connection_namespace(base)
+
+    def shortcut(name: str) -> Any:
+        inner = _coroutine_function(getattr(base, name))
+
+        async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            meter = connection_meter(self)
+            if meter is None:
+                return await inner(self, *args, **kwargs)
+            token = meter.begin()
+            try:
+                result = await inner(self, *args, **kwargs)
+            except BaseException:
+                # CancelledError included: the application stopped waiting.
+                meter.end(token, True)
+                raise
+            meter.end(token)
+            return counted_cursor(result, meter)
+
+        counted.__name__ = name
+        counted.__qualname__ = f"{base.__qualname__}.{name}"
+        counted.__doc__ = inner.__doc__
+        return aiosqlite.context.contextmanager(counted)
+
+    for name in SHORTCUTS:
+        if hasattr(base, name):
+            namespace[name] = shortcut(name)
+
+    make_cursor = _coroutine_function(base.cursor)
+
+    async def cursor(self: Any) -> Any:
+        return counted_cursor(await make_cursor(self), connection_meter(self))
+
+    cursor.__doc__ = make_cursor.__doc__
+    namespace["cursor"] = aiosqlite.context.contextmanager(cursor)
+
+    base_connect = base._connect
+
+    async def _connect(self: Any) -> Any:
+        connected = await base_connect(self)
+        # Counted here, where the application waits: the sqlite3 connection
+        # underneath must not count the same statements again.
+        inner = getattr(self, "_connection", None)
+        if inner is not None:
+            forget_connection(inner)
+        return connected
+
+    namespace["_connect"] = _connect
+    return type(base.__name__, (base,), namespace)
+
+
+def instrument(module: Any, meter: Meter) -> list[Patch]:
+    """Patch aiosqlite.connect (and aiosqlite.core.connect)."""
+
+    def make(patch: Patch) -> Callable[..., Any]:
+        original = patch.original
+
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            connection = original(*args, **kwargs)
+            if patch.active:
+                try:
+                    wrap(connection, meter)
+                except Exception as exc:  # noqa: BLE001 - ours, never the application's
+                    report_fault("aiosqlite: could not count a new connection", exc)
+            return connection
+
+        connect.__name__ = connect.__qualname__ = "connect"
+        connect.__doc__ = original.__doc__
+        connect.__wrapped__ = original  # type: ignore[attr-defined]
+        return connect
+
+    patches = [Patch(module, "connect", make)]
+    core = getattr(module, "core", None)
+    if core is not None and getattr(core, "connect", None) is patches[0].original:
+        patches.append(Patch(core, "connect", make))
+    return patches
+
+
+def wrap(connection: Any, meter: Meter) -> Any:
+    already_counted_by_other(connection, meter, NAME)
+    counting = connection_class(type(connection))
+    if type(connection) is not counting:
+        connection.__class__ = counting
+    set_connection_meter(connection, meter)
+    inner = getattr(connection, "_connection", None)
+    if inner is not None:
+        forget_connection(inner)
+    return connection
+
+
+def unwrap(connection: Any) -> Any:
+    forget_connection(connection)
+    base = type(connection).__dict__.get("__querymeter_base__")
+    if base is not None:
+        connection.__class__ = base
+    return connection

@@ -1,0 +1,319 @@
+"""Counted subclasses of driver classes: built once per (class, meter), transparent, undoable.
+
+A driver's cursor class gets a subclass whose statement-sending methods are
+the meter's call wrappers (C in the C core): a counted ``cur.execute(...)`` is
+one C call around the driver's own, with no proxy and no attribute forwarding.
+The subclass keeps the base's name, module and layout (``__slots__ = ()``),
+so isinstance, C-level type checks, ``__class__`` assignment and repr behave
+as the driver's own.  Connections keep their meter in a side table, so that
+a connection whose class cannot be changed back can still be switched off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+from .. import _faults
+from ..meter import Meter, _MeterAPI
+
+__all__ = [
+    "CountedMethod",
+    "batch",
+    "connection_meter",
+    "connection_namespace",
+    "counted_async_context",
+    "counted_async_iteration",
+    "counted_class",
+    "counted_context",
+    "counted_iteration",
+    "forget_connection",
+    "report_fault",
+    "set_connection_meter",
+    "tracked",
+    "validate_meter",
+]
+
+_T = TypeVar("_T")
+
+# How one method of a counted class is made: (meter, the base class, the
+# method's name) -> the attribute of the counted class.
+CountedMethod = Callable[[Meter, type, str], Any]
+
+METER_ATTRIBUTE = "__querymeter_meter__"
+BASE_ATTRIBUTE = "__querymeter_base__"
+
+
+def validate_meter(meter: object) -> Meter:
+    """The meter to count into: the one given, or the default meter."""
+    if meter is None:
+        from ..meter import default_meter
+
+        return default_meter()
+    if not isinstance(meter, _MeterAPI):
+        raise TypeError(f"meter must be a querymeter.Meter, not {type(meter).__name__}")
+    return meter  # type: ignore[return-value]
+
+
+def report_fault(cause: str, exc: BaseException | None = None) -> None:
+    """A fault of querymeter's own inside a hook: logged once, counted, never raised."""
+    _faults.report(cause, exc)
+
+
+# ------------------------------------------------------------ counted classes
+
+# Values are weak: a counted class holds its meter, and both go when no
+# cursor of the class is left.
+_classes: weakref.WeakValueDictionary[tuple[type, int], type] = weakref.WeakValueDictionary()
+_classes_lock = threading.Lock()
+
+
+def original_class(cls: type) -> type:
+    """The driver (or user) class a counted class was made from; the class itself otherwise."""
+    base: type = cls.__dict__.get(BASE_ATTRIBUTE, cls)
+    return base
+
+
+def counted_meter(cls: type) -> Meter | None:
+    """The meter a counted class counts into, or None for a class of the driver's."""
+    meter: Meter | None = cls.__dict__.get(METER_ATTRIBUTE)
+    return meter
+
+
+def counted_class(base: type, meter: Meter, methods: Mapping[str, CountedMethod]) -> type:
+    """The subclass of ``base`` whose ``methods`` count into ``meter``; made once, then cached.
+
+    A class that is already counted is taken back to its original first, so
+    that counting never stacks.
+    """
+    original = original_class(base)
+    key = (original, id(meter))
+    cls = _classes.get(key)
+    if cls is not None:
+        return cls
+    with _classes_lock:
+        cls = _classes.get(key)
+        if cls is None:
+            namespace: dict[str, Any] = {
+                "__slots__": (),
+                "__module__": original.__module__,
+                "__qualname__": original.__qualname__,
+                "__doc__": original.__doc__,
+                METER_ATTRIBUTE: meter,
+                BASE_ATTRIBUTE: original,
+            }
+            for name, make in methods.items():
+                if hasattr(original, name):
+                    namespace[name] = make(meter, original, name)
+            cls = type(original.__name__, (original,), namespace)
+            _classes[key] = cls
+    return cls
+
+
+# --------------------------------------------------------- how methods count
+
+
+def tracked(meter: Meter, base: type, name: str) -> Any:
+    """Each call is one query: the meter's call wrapper around the base's method."""
+    return meter.tracked(getattr(base, name))
+
+
+def batch(execute_name: str) -> CountedMethod:
+    """A method that sends a batch through ``self.<execute_name>``: the batch is one query.
+
+    (PyMySQL's executemany calls self.execute per row or per chunk.)  During
+    the batch, an instance attribute shadows the counted execute with the
+    driver's own, so the inner calls are not counted again; the counted
+    execute stays a plain class attribute, with nothing added to its path.
+    """
+
+    def make(meter: Meter, base: type, name: str) -> Any:
+        method = getattr(base, name)
+        plain_execute = getattr(base, execute_name)
+        begin, end = meter.begin, meter.end
+
+        @functools.wraps(method)
+        def counted_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
+            token = begin()
+            instance = self.__dict__
+            shadowed = execute_name in instance
+            instance[execute_name] = plain_execute.__get__(self, type(self))
+            try:
+                result = method(self, *args, **kwargs)
+            except BaseException:
+                end(token, True)
+                raise
+            finally:
+                if not shadowed:
+                    instance.pop(execute_name, None)
+            end(token)
+            return result
+
+        return counted_batch
+
+    return make
+
+
+def counted_iteration(meter: Meter, base: type, name: str) -> Any:
+    """A method returning an iterator whose consumption is the query (a streamed result).
+
+    The query runs from the first row asked for until the iterator is
+    exhausted, fails, or is closed early; closing early is not an error.
+    """
+    method = getattr(base, name)
+    begin, end = meter.begin, meter.end
+
+    def consume(rows: Iterator[_T]) -> Iterator[_T]:
+        token = begin()
+        try:
+            yield from rows
+        except GeneratorExit:
+            end(token)
+            raise
+        except BaseException:
+            end(token, True)
+            raise
+        end(token)
+
+    @functools.wraps(method)
+    def counted_stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        return consume(method(*args, **kwargs))
+
+    return counted_stream
+
+
+def counted_async_iteration(meter: Meter, base: type, name: str) -> Any:
+    """The async twin of :func:`counted_iteration`."""
+    method = getattr(base, name)
+    begin, end = meter.begin, meter.end
+
+    async def consume(rows: AsyncIterator[_T]) -> AsyncIterator[_T]:
+        token = begin()
+        try:
+            async for row in rows:
+                yield row
+        except GeneratorExit:
+            end(token)
+            await _aclose(rows)
+            raise
+        except BaseException:
+            end(token, True)
+            await _aclose(rows)
+            raise
+        end(token)
+
+    @functools.wraps(method)
+    def counted_stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        return consume(method(*args, **kwargs))
+
+    return counted_stream
+
+
+async def _aclose(rows: AsyncIterator[Any]) -> None:
+    close = getattr(rows, "aclose", None)
+    if close is not None:
+        await close()
+
+
+def counted_context(meter: Meter, base: type, name: str) -> Any:
+    """A method returning a context manager whose block is the query (COPY)."""
+    method = getattr(base, name)
+
+    @functools.wraps(method)
+    @contextlib.contextmanager
+    def counted_block(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        with meter.track(), method(*args, **kwargs) as inner:
+            yield inner
+
+    return counted_block
+
+
+def counted_async_context(meter: Meter, base: type, name: str) -> Any:
+    """A method returning an async context manager whose block is the query."""
+    method = getattr(base, name)
+
+    @functools.wraps(method)
+    @contextlib.asynccontextmanager
+    async def counted_block(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        with meter.track():
+            async with method(*args, **kwargs) as inner:
+                yield inner
+
+    return counted_block
+
+
+# ------------------------------------------------------- connections' meters
+
+
+def connection_namespace(base: type) -> dict[str, Any]:
+    """The start of a counting connection class's namespace: the base's names, and
+    a weak-reference slot where the base has none (the side table needs it)."""
+    return {
+        "__slots__": () if base.__weakrefoffset__ else ("__weakref__",),
+        "__module__": base.__module__,
+        "__qualname__": base.__qualname__,
+        "__doc__": base.__doc__,
+        BASE_ATTRIBUTE: base,
+    }
+
+
+class _ConnectionMeters:
+    """Which meter each connection counts into: a side table, so that no driver
+    layout has to make room for it, and an entry goes with its connection."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[weakref.ref[Any], Meter]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, connection: object) -> Meter | None:
+        entry = self._entries.get(id(connection))
+        if entry is None or entry[0]() is not connection:
+            return None
+        return entry[1]
+
+    def set(self, connection: object, meter: Meter | None) -> None:
+        key = id(connection)
+        with self._lock:
+            if meter is None:
+                self._entries.pop(key, None)
+                return
+            entries = self._entries
+
+            def forget(ref: weakref.ref[Any], key: int = key) -> None:
+                entry = entries.get(key)
+                if entry is not None and entry[0] is ref:
+                    del entries[key]
+
+            self._entries[key] = (weakref.ref(connection, forget), meter)
+
+
+_connection_meters = _ConnectionMeters()
+
+
+def connection_meter(connection: object) -> Meter | None:
+    """The meter a connection counts into, or None."""
+    return _connection_meters.get(connection)
+
+
+def set_connection_meter(connection: object, meter: Meter) -> None:
+    """Make a connection count into a meter."""
+    _connection_meters.set(connection, meter)
+
+
+def forget_connection(connection: object) -> None:
+    """Make a connection count no more."""
+    _connection_meters.set(connection, None)
+
+
+def already_counted_by_other(connection: object, meter: Meter, driver: str) -> None:
+    """Refuse to count one connection into two meters (it would count twice)."""
+    current = connection_meter(connection)
+    if current is not None and current is not meter:
+        raise ValueError(
+            f"this {driver} connection already counts into another meter; "
+            "call querymeter.dbapi.unwrap_connection() on it first"
+        )

@@ -1,0 +1,532 @@
+"""psycopg 3 (sync and async) and psycopg2 on a real PostgreSQL server."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import querymeter.dbapi as dbapi
+from querymeter.meter import Meter as MeterType
+
+from ..servers import driver
+from . import overlap
+
+psycopg = driver("psycopg")
+psycopg2 = driver("psycopg2")
+driver("psycopg2.extensions")
+driver("psycopg2.extras")
+sql = driver("psycopg.sql")
+dict_row = driver("psycopg.rows").dict_row
+
+
+def outcome(action: Callable[[], Any]) -> tuple[Any, ...]:
+    """What an action gave: its result, or its exception's type and message."""
+    try:
+        result = action()
+    except Exception as exc:
+        return ("raised", type(exc), str(exc).splitlines()[0])
+    if isinstance(result, (psycopg.Cursor, psycopg2.extensions.cursor)):
+        return ("returned a cursor",)
+    return ("returned", result)
+
+
+# ------------------------------------------------------------------ psycopg 3
+
+
+@pytest.fixture
+def counted_psycopg(meter: MeterType, pg_dsn: str) -> Iterator[Any]:
+    dbapi.instrument(psycopg, meter=meter)
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        yield connection
+
+
+def test_psycopg_counts_every_statement_sending_call_once(
+    counted_psycopg: Any, meter: MeterType
+) -> None:
+    """execute, executemany, stream, copy, Connection.execute and server cursors count once each."""
+    connection = counted_psycopg
+    connection.execute("CREATE TEMPORARY TABLE item (id int, name text)")
+    with connection.cursor() as cursor:
+        cursor.executemany("INSERT INTO item VALUES (%s, %s)", ((n, f"n{n}") for n in range(5)))
+        cursor.execute("SELECT count(*) FROM item")
+        assert cursor.fetchone() == (5,)
+        assert [row[0] for row in cursor.stream("SELECT id FROM item ORDER BY id")] == [
+            0,
+            1,
+            2,
+            3,
+            4,
+        ]
+        with cursor.copy("COPY item (id, name) FROM STDIN") as copy:
+            copy.write_row((9, "nine"))
+    with connection.transaction(), connection.cursor("server_side") as named:
+        named.execute("SELECT id FROM item ORDER BY id")
+        assert len(named.fetchall()) == 6
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors, snap.concurrency) == (6, 0, 0)
+
+
+def test_psycopg_a_stream_left_early_ends_without_error(
+    counted_psycopg: Any, meter: MeterType
+) -> None:
+    """Breaking out of a stream ends its query, not as an error; the connection stays usable."""
+    with counted_psycopg.cursor() as cursor:
+        for row in cursor.stream("SELECT generate_series(1, 1000)"):
+            assert row == (1,)
+            break
+        assert meter.snapshot().concurrency == 0
+        assert cursor.execute("SELECT 2").fetchone() == (2,)
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors, snap.concurrency) == (2, 0, 0)
+
+
+def test_psycopg_async_stream_closed_early_ends_without_error(
+    meter: MeterType, pg_dsn: str
+) -> None:
+    """Closing an async stream early ends its query, not as an error."""
+    dbapi.instrument(psycopg, meter=meter)
+
+    async def main() -> Any:
+        connection = await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+        async with connection, connection.cursor() as cursor:
+            rows = cursor.stream("SELECT generate_series(1, 1000)")
+            assert await anext(rows) == (1,)
+            await rows.aclose()
+            assert meter.snapshot().concurrency == 0
+            return await (await cursor.execute("SELECT 3")).fetchone()
+
+    assert asyncio.run(main()) == (3,)
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors, snap.concurrency) == (2, 0, 0)
+
+
+def test_psycopg_objects_keep_their_types_and_sql_composition(
+    counted_psycopg: Any, meter: MeterType
+) -> None:
+    """Connections and cursors stay psycopg's, sql.SQL composes against them, `with` gives them."""
+    connection = counted_psycopg
+    assert isinstance(connection, psycopg.Connection)
+    query = sql.SQL("SELECT {} AS {}").format(sql.Literal(1), sql.Identifier("one"))
+    assert query.as_string(connection) == 'SELECT 1 AS "one"'
+    with connection.cursor() as cursor:
+        assert isinstance(cursor, psycopg.Cursor)
+        assert query.as_string(cursor) == 'SELECT 1 AS "one"'
+        assert cursor.execute(query) is cursor
+        assert cursor.fetchone() == (1,)
+        assert [d.name for d in cursor.description] == ["one"]
+    assert meter.snapshot().queries == 1
+
+
+def test_psycopg_cursor_factories_chosen_later_are_counted(meter: MeterType, pg_dsn: str) -> None:
+    """cursor_factory and row_factory given at connect, or assigned later, are kept and counted."""
+    dbapi.instrument(psycopg, meter=meter)
+    with psycopg.connect(
+        pg_dsn, autocommit=True, cursor_factory=psycopg.ClientCursor, row_factory=dict_row
+    ) as connection:
+        with connection.cursor() as cursor:
+            assert isinstance(cursor, psycopg.ClientCursor)
+            assert cursor.execute("SELECT %s AS x", (1,)).fetchone() == {"x": 1}
+        connection.cursor_factory = psycopg.RawCursor
+        with connection.cursor() as cursor:
+            assert isinstance(cursor, psycopg.RawCursor)
+            cursor.execute("SELECT $1 AS y", (2,))
+            assert cursor.fetchone() == {"y": 2}
+    assert meter.snapshot().queries == 2
+
+
+def test_psycopg_transparency_against_an_uninstrumented_connection(
+    meter: MeterType, pg_dsn: str
+) -> None:
+    """Results, rowcount, status, description and errors equal the raw driver's."""
+    raw = psycopg.connect(pg_dsn, autocommit=True)
+    dbapi.instrument(psycopg, meter=meter)
+    counted = psycopg.connect(pg_dsn, autocommit=True)
+
+    def script(connection: Any) -> list[tuple[Any, ...]]:
+        cursor = connection.cursor()
+        return [
+            outcome(lambda: cursor.execute("CREATE TEMPORARY TABLE item (id int PRIMARY KEY)")),
+            outcome(lambda: cursor.execute("INSERT INTO item SELECT generate_series(1, 5)")),
+            outcome(lambda: (cursor.rowcount, cursor.statusmessage)),
+            outcome(lambda: cursor.execute("SELECT id FROM item ORDER BY id").fetchmany(2)),
+            outcome(lambda: [row for row in cursor]),
+            outcome(lambda: [(d.name, d.type_code) for d in cursor.description]),
+            outcome(lambda: cursor.execute("INSERT INTO item VALUES (1)")),
+            outcome(lambda: cursor.execute("SELEKT 1")),
+            outcome(lambda: cursor.execute("")),
+            outcome(lambda: cursor.execute("   ")),
+            outcome(lambda: cursor.execute("-- nothing")),
+            outcome(lambda: cursor.execute(b"SELECT 1").fetchall()),
+            outcome(lambda: cursor.execute("SELECT 1 -- " + "x" * 1_000_000).fetchall()),
+            outcome(lambda: cursor.execute("SELECT %s", (1, 2))),
+        ]
+
+    try:
+        assert script(counted) == script(raw)
+    finally:
+        raw.close()
+        counted.close()
+
+
+def test_psycopg_errors_pass_through_and_count(counted_psycopg: Any, meter: MeterType) -> None:
+    """Syntax errors, constraint violations and a closed connection raise the driver's error."""
+    connection = counted_psycopg
+    cursor = connection.cursor()
+    cursor.execute("CREATE TEMPORARY TABLE item (id int PRIMARY KEY)")
+    cursor.execute("INSERT INTO item VALUES (1)")
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        cursor.execute("INSERT INTO item VALUES (1)")
+    with pytest.raises(psycopg.errors.SyntaxError):
+        cursor.execute("SELEKT 1")
+    connection.close()
+    with pytest.raises(psycopg.OperationalError, match="closed"):
+        cursor.execute("SELECT 1")
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors, snap.concurrency) == (5, 3, 0)
+
+
+def test_psycopg_keyboard_interrupt_mid_query_counts_and_propagates(
+    counted_psycopg: Any, meter: MeterType
+) -> None:
+    """Ctrl-C during a running query reaches the caller; the query ends as an error."""
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            counted_psycopg.execute("SELECT pg_sleep(10)")
+    finally:
+        timer.cancel()
+    assert time.monotonic() - started < 9
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors, snap.concurrency) == (1, 1, 0)
+
+
+def test_psycopg_threads_overlap_on_the_server(meter: MeterType, pg_dsn: str) -> None:
+    """4 threads in pg_sleep(0.3) at once: concurrency 4 mid-flight, total ≈1.2 s, busy ≈0.3 s."""
+    dbapi.instrument(psycopg, meter=meter)
+    connections = [psycopg.connect(pg_dsn, autocommit=True) for _ in range(overlap.QUERIES)]
+    try:
+        queries = [
+            (lambda c=c: c.execute(f"SELECT pg_sleep({overlap.SLEEP_S})")) for c in connections
+        ]
+        overlap.check(overlap.in_threads(meter, queries))
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def test_psycopg_pool_connections_are_counted(meter: MeterType, pg_dsn: str) -> None:
+    """Connections made through Connection.connect (as pools do) are counted."""
+    dbapi.instrument(psycopg, meter=meter)
+
+    class AppConnection(psycopg.Connection):  # type: ignore[type-arg]
+        pass
+
+    with AppConnection.connect(pg_dsn, autocommit=True) as connection:
+        assert isinstance(connection, AppConnection)
+        connection.execute("SELECT 1")
+    assert meter.snapshot().queries == 1
+
+
+def test_psycopg_wrap_and_unwrap_an_existing_connection(meter: MeterType, pg_dsn: str) -> None:
+    """wrap_connection counts an open connection in place; unwrap_connection restores its class."""
+    with psycopg.connect(pg_dsn, autocommit=True) as connection:
+        original_type = type(connection)
+        assert dbapi.wrap_connection(connection, meter=meter) is connection
+        connection.execute("SELECT 1")
+        assert dbapi.unwrap_connection(connection) is connection
+        assert type(connection) is original_type
+        assert connection.cursor_factory is psycopg.Cursor
+        connection.execute("SELECT 1")
+    assert meter.snapshot().queries == 1
+
+
+# -------------------------------------------------------------- psycopg async
+
+
+def test_psycopg_async_counts_and_overlaps_from_one_thread(meter: MeterType, pg_dsn: str) -> None:
+    """4 tasks on one event loop in pg_sleep(0.3): concurrency 4 from one thread, exact totals."""
+    dbapi.instrument(psycopg, meter=meter)
+
+    async def main() -> overlap.Overlap:
+        connections = [
+            await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True)
+            for _ in range(overlap.QUERIES)
+        ]
+        try:
+
+            def query(connection: Any) -> Callable[[], Any]:
+                async def run() -> Any:
+                    async with connection.cursor() as cursor:
+                        return await cursor.execute(f"SELECT pg_sleep({overlap.SLEEP_S})")
+
+                return run
+
+            return await overlap.in_tasks(meter, [query(c) for c in connections])
+        finally:
+            for connection in connections:
+                await connection.close()
+
+    overlap.check(asyncio.run(main()))
+
+
+def test_psycopg_async_counts_stream_copy_and_shortcut(meter: MeterType, pg_dsn: str) -> None:
+    """Async execute, executemany, stream, copy and Connection.execute count once each."""
+    dbapi.instrument(psycopg, meter=meter)
+
+    async def main() -> list[Any]:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as connection:
+            assert isinstance(connection, psycopg.AsyncConnection)
+            await connection.execute("CREATE TEMPORARY TABLE item (id int)")
+            async with connection.cursor() as cursor:
+                assert isinstance(cursor, psycopg.AsyncCursor)
+                await cursor.executemany("INSERT INTO item VALUES (%s)", [(1,), (2,)])
+                async with cursor.copy("COPY item FROM STDIN") as copy:
+                    await copy.write_row((3,))
+                return [row async for row in cursor.stream("SELECT id FROM item ORDER BY id")]
+
+    assert asyncio.run(main()) == [(1,), (2,), (3,)]
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors, snap.concurrency) == (4, 0, 0)
+
+
+def test_psycopg_async_cancellation_counts_an_error_and_ends(meter: MeterType, pg_dsn: str) -> None:
+    """Cancelling ends the query as an error; the connection is still usable afterwards."""
+    dbapi.instrument(psycopg, meter=meter)
+
+    async def main() -> Any:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as connection:
+            task = asyncio.ensure_future(connection.execute("SELECT pg_sleep(10)"))
+            await asyncio.sleep(0.3)
+            assert meter.snapshot().concurrency == 1
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return await (await connection.execute("SELECT 42")).fetchone()
+
+    assert asyncio.run(main()) == (42,)
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors, snap.concurrency) == (2, 1, 0)
+
+
+# ------------------------------------------------------------------- psycopg2
+
+
+@pytest.fixture
+def counted_psycopg2(meter: MeterType, pg_dsn: str) -> Iterator[Any]:
+    dbapi.instrument(psycopg2, meter=meter)
+    connection = psycopg2.connect(pg_dsn)
+    connection.autocommit = True
+    yield connection
+    connection.close()
+
+
+def test_psycopg2_counts_every_statement_sending_call_once(
+    counted_psycopg2: Any, meter: MeterType
+) -> None:
+    """execute, executemany, callproc and the three copies count one query each."""
+    import io
+
+    connection = counted_psycopg2
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE item (id int, name text)")
+        cursor.executemany("INSERT INTO item VALUES (%s, %s)", ((n, f"n{n}") for n in range(3)))
+        cursor.execute(
+            "CREATE OR REPLACE FUNCTION pg_temp.twice(x int) RETURNS int AS 'SELECT 2 * x' "
+            "LANGUAGE sql"
+        )
+        cursor.callproc("pg_temp.twice", (21,))
+        assert cursor.fetchone() == (42,)
+        cursor.copy_from(io.StringIO("7\tseven\n"), "item")
+        buffer = io.StringIO()
+        cursor.copy_to(buffer, "item")
+        cursor.copy_expert("COPY item TO STDOUT", io.StringIO())
+        assert buffer.getvalue().count("\n") == 4
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors, snap.concurrency) == (7, 0, 0)
+
+
+def test_psycopg2_c_type_checks_accept_counted_objects(
+    counted_psycopg2: Any, meter: MeterType
+) -> None:
+    """register_default_jsonb, register_type, quote_ident, execute_values and DictCursor work."""
+    connection = counted_psycopg2
+    assert isinstance(connection, psycopg2.extensions.connection)
+    psycopg2.extras.register_default_jsonb(connection)
+    money = psycopg2.extensions.new_type((790,), "MONEY_AS_TEXT", lambda value, cursor: value)
+    psycopg2.extensions.register_type(money, connection)
+    with connection.cursor() as cursor:
+        assert psycopg2.extensions.quote_ident("a b", cursor) == '"a b"'
+        cursor.execute("""SELECT '{"a": 1}'::jsonb, '12.5'::money""")
+        document, amount = cursor.fetchone()
+        assert document == {"a": 1}
+        assert isinstance(amount, str)
+        psycopg2.extras.execute_values(cursor, "SELECT * FROM (VALUES %s) AS v (x)", [(1,), (2,)])
+    with connection.cursor(cursor_factory=psycopg2.extras.DictCursor) as cursor:
+        assert isinstance(cursor, psycopg2.extras.DictCursor)
+        cursor.execute("SELECT 1 AS one")
+        assert cursor.fetchone()["one"] == 1
+    with connection as entered:
+        assert entered is connection
+    assert meter.snapshot().queries == 3
+
+
+def test_psycopg2_transparency_against_an_uninstrumented_connection(
+    meter: MeterType, pg_dsn: str
+) -> None:
+    """Results, rowcount, status, description and errors equal the raw driver's."""
+    raw = psycopg2.connect(pg_dsn)
+    dbapi.instrument(psycopg2, meter=meter)
+    counted = psycopg2.connect(pg_dsn)
+
+    def script(connection: Any) -> list[tuple[Any, ...]]:
+        connection.autocommit = True
+        cursor = connection.cursor()
+        return [
+            outcome(lambda: cursor.execute("CREATE TEMPORARY TABLE item (id int PRIMARY KEY)")),
+            outcome(lambda: cursor.execute("INSERT INTO item SELECT generate_series(1, 5)")),
+            outcome(lambda: (cursor.rowcount, cursor.statusmessage)),
+            outcome(
+                lambda: cursor.execute("SELECT id FROM item ORDER BY id") or cursor.fetchmany(2)
+            ),
+            outcome(lambda: list(cursor)),
+            outcome(lambda: [tuple(d)[:2] for d in cursor.description]),
+            outcome(lambda: cursor.execute("INSERT INTO item VALUES (1)")),
+            outcome(lambda: cursor.execute("SELEKT 1")),
+            outcome(lambda: cursor.execute("")),
+            outcome(lambda: cursor.execute("-- nothing")),
+            outcome(lambda: cursor.execute(b"SELECT 1") or cursor.fetchall()),
+            outcome(lambda: cursor.execute("SELECT 1 -- " + "x" * 1_000_000) or cursor.fetchall()),
+            outcome(lambda: cursor.execute("SELECT %s", (1, 2))),
+            outcome(lambda: setattr(cursor, "arraysize", 3) or cursor.arraysize),
+        ]
+
+    try:
+        assert script(counted) == script(raw)
+    finally:
+        raw.close()
+        counted.close()
+
+
+def test_psycopg2_errors_pass_through_and_count(counted_psycopg2: Any, meter: MeterType) -> None:
+    """A constraint violation, a syntax error and a closed cursor raise the driver's errors."""
+    with counted_psycopg2.cursor() as cursor:
+        cursor.execute("CREATE TEMPORARY TABLE item (id int PRIMARY KEY)")
+        cursor.execute("INSERT INTO item VALUES (1)")
+        with pytest.raises(psycopg2.errors.UniqueViolation):
+            cursor.execute("INSERT INTO item VALUES (1)")
+        with pytest.raises(psycopg2.errors.SyntaxError):
+            cursor.execute("SELEKT 1")
+    with pytest.raises(psycopg2.InterfaceError, match="closed"):
+        cursor.execute("SELECT 1")
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors, snap.concurrency) == (5, 3, 0)
+
+
+def test_psycopg2_threads_overlap_on_the_server(meter: MeterType, pg_dsn: str) -> None:
+    """4 threads in pg_sleep(0.3) at once: concurrency 4 mid-flight, total ≈1.2 s, busy ≈0.3 s."""
+    dbapi.instrument(psycopg2, meter=meter)
+    connections = [psycopg2.connect(pg_dsn) for _ in range(overlap.QUERIES)]
+    try:
+        queries = [
+            (lambda c=c: c.cursor().execute(f"SELECT pg_sleep({overlap.SLEEP_S})"))
+            for c in connections
+        ]
+        overlap.check(overlap.in_threads(meter, queries))
+    finally:
+        for connection in connections:
+            connection.close()
+
+
+def test_psycopg2_wrap_an_existing_connection(meter: MeterType, pg_dsn: str) -> None:
+    """An open connection counts through its cursor_factory; unwrap puts the factory back."""
+    connection = psycopg2.connect(pg_dsn, cursor_factory=psycopg2.extras.RealDictCursor)
+    try:
+        assert dbapi.wrap_connection(connection, meter=meter) is connection
+        with connection.cursor() as cursor:
+            assert isinstance(cursor, psycopg2.extras.RealDictCursor)
+            cursor.execute("SELECT 1 AS one")
+            assert cursor.fetchone() == {"one": 1}
+        dbapi.unwrap_connection(connection)
+        assert connection.cursor_factory is psycopg2.extras.RealDictCursor
+        connection.cursor().execute("SELECT 1")
+    finally:
+        connection.close()
+    assert meter.snapshot().queries == 1
+
+
+# ------------------------------------------------------- what the server saw
+
+
+def test_the_count_matches_what_the_server_saw(meter: MeterType, pg_dsn: str) -> None:
+    """Statements counted in autocommit equal the transactions pg_stat_database counted.
+
+    The server also counts a transaction when a session starts (measured here on
+    an empty session) and one per automatic prepare (turned off here).
+    """
+    database = "querymeter_stats"
+    admin = psycopg.connect(pg_dsn, autocommit=True)
+    try:
+        if not admin.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone():
+            admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+        target = psycopg.conninfo.make_conninfo(pg_dsn, dbname=database)
+        dbapi.instrument(psycopg, meter=meter)
+        # The server's count can only run ahead of ours, when another session
+        # (autovacuum) touches the database in the window; one exact trial in
+        # three proves the counts match.
+        trials = [_count_on_both_sides(admin, target, database, meter) for _ in range(3)]
+    finally:
+        admin.close()
+    assert all(server >= ours for ours, server in trials), trials
+    assert any(server == ours for ours, server in trials), trials
+
+
+def _count_on_both_sides(
+    admin: Any, target: str, database: str, meter: MeterType
+) -> tuple[int, int]:
+    """(statements querymeter counted, transactions the server counted beyond a session's own)."""
+
+    def server_count() -> int:
+        admin.execute("SELECT pg_stat_clear_snapshot()")
+        row = admin.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+            (database,),
+        ).fetchone()
+        return int(row[0])
+
+    def server_delta(workload: Callable[[Any], None], at_least: int) -> int:
+        before = server_count()
+        with psycopg.connect(target, autocommit=True, prepare_threshold=None) as connection:
+            workload(connection)
+            connection.execute("SELECT pg_stat_force_next_flush()")
+        # The backend reports its counts as it exits: wait for them to arrive.
+        deadline = time.monotonic() + 10
+        delta = server_count() - before
+        while delta < at_least and time.monotonic() < deadline:
+            time.sleep(0.05)
+            delta = server_count() - before
+        time.sleep(0.1)
+        return server_count() - before
+
+    def workload(connection: Any) -> None:
+        for n in range(40):
+            connection.execute("SELECT %s::int", (n,))
+        for _ in range(3):
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                connection.execute("SELECT 1 / 0")
+
+    session = server_delta(lambda connection: None, at_least=2) - 1  # less its flush statement
+    before = meter.snapshot()
+    server = server_delta(workload, at_least=44) - session
+    ours = (meter.snapshot() - before).queries
+    return ours, server
