@@ -12,8 +12,6 @@ underneath is not counted again, even if sqlite3 is instrumented too.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -22,17 +20,17 @@ import aiosqlite.context
 
 from ..meter import Meter
 from ._counting import (
-    already_counted_by_other,
+    ConnectionClasses,
     connection_meter,
     connection_namespace,
     counted_class,
     forget_connection,
-    original_class,
     report_fault,
-    set_connection_meter,
     tracked,
+    unwrap_in_place,
+    wrap_in_place,
 )
-from ._patching import Patch
+from ._patching import Patch, like
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
@@ -64,23 +62,6 @@ def _coroutine_function(method: Any) -> Callable[..., Coroutine[Any, Any, Any]]:
     # both awaitable and an async context manager; count the coroutine inside.
     inner: Callable[..., Coroutine[Any, Any, Any]] = getattr(method, "__wrapped__", method)
     return inner
-
-
-_connection_classes: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
-_connection_classes_lock = threading.Lock()
-
-
-def connection_class(base: type) -> type[Any]:
-    """The counting subclass of an aiosqlite Connection class (its meter is per connection)."""
-    base = original_class(base)
-    cls = _connection_classes.get(base)
-    if cls is not None:
-        return cls
-    with _connection_classes_lock:
-        cls = _connection_classes.get(base)
-        if cls is None:
-            cls = _connection_classes[base] = _make_connection_class(base)
-    return cls
 
 
 def _make_connection_class(base: Any) -> type[Any]:
@@ -135,6 +116,10 @@ def _make_connection_class(base: Any) -> type[Any]:
     return type(base.__name__, (base,), namespace)
 
 
+#: The counting subclass of an aiosqlite Connection class (its meter is per connection).
+connection_class = ConnectionClasses(_make_connection_class)
+
+
 def instrument(module: Any, meter: Meter) -> list[Patch]:
     """Patch aiosqlite.connect (and aiosqlite.core.connect)."""
 
@@ -150,10 +135,7 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
                     report_fault("aiosqlite: could not count a new connection", exc)
             return connection
 
-        connect.__name__ = connect.__qualname__ = "connect"
-        connect.__doc__ = original.__doc__
-        connect.__wrapped__ = original  # type: ignore[attr-defined]
-        return connect
+        return like(connect, original)
 
     patches = [Patch(module, "connect", make)]
     core = getattr(module, "core", None)
@@ -163,11 +145,7 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
 
 
 def wrap(connection: Any, meter: Meter) -> Any:
-    already_counted_by_other(connection, meter, NAME)
-    counting = connection_class(type(connection))
-    if type(connection) is not counting:
-        connection.__class__ = counting
-    set_connection_meter(connection, meter)
+    wrap_in_place(connection, meter, NAME, connection_class)
     inner = getattr(connection, "_connection", None)
     if inner is not None:
         forget_connection(inner)
@@ -175,8 +153,4 @@ def wrap(connection: Any, meter: Meter) -> Any:
 
 
 def unwrap(connection: Any) -> Any:
-    forget_connection(connection)
-    base = type(connection).__dict__.get("__querymeter_base__")
-    if base is not None:
-        connection.__class__ = base
-    return connection
+    return unwrap_in_place(connection)

@@ -22,6 +22,7 @@ from .. import _faults
 from ..meter import Meter, _MeterAPI
 
 __all__ = [
+    "ConnectionClasses",
     "CountedMethod",
     "batch",
     "connection_meter",
@@ -35,7 +36,9 @@ __all__ = [
     "report_fault",
     "set_connection_meter",
     "tracked",
+    "unwrap_in_place",
     "validate_meter",
+    "wrap_in_place",
 ]
 
 _T = TypeVar("_T")
@@ -317,3 +320,45 @@ def already_counted_by_other(connection: object, meter: Meter, driver: str) -> N
             f"this {driver} connection already counts into another meter; "
             "call querymeter.dbapi.unwrap_connection() on it first"
         )
+
+
+class ConnectionClasses:
+    """The counting subclass of each connection class of a driver, built once by ``build``.
+
+    Per class, not per meter: a counting connection finds its meter in the side
+    table, so one subclass serves every meter.
+    """
+
+    def __init__(self, build: Callable[[Any], type]) -> None:
+        self._build = build
+        self._classes: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
+        self._lock = threading.Lock()
+
+    def __call__(self, base: type) -> type[Any]:
+        base = original_class(base)
+        cls = self._classes.get(base)
+        if cls is None:
+            with self._lock:
+                cls = self._classes.get(base)
+                if cls is None:
+                    cls = self._classes[base] = self._build(base)
+        return cls
+
+
+def wrap_in_place(connection: Any, meter: Meter, driver: str, classes: ConnectionClasses) -> Any:
+    """Count an open connection of a driver whose classes can change: its class changes."""
+    already_counted_by_other(connection, meter, driver)
+    counting = classes(type(connection))
+    if type(connection) is not counting:
+        connection.__class__ = counting
+    set_connection_meter(connection, meter)
+    return connection
+
+
+def unwrap_in_place(connection: Any) -> Any:
+    """Stop counting a connection; give it back its own class where it has a counting one."""
+    forget_connection(connection)
+    base = type(connection).__dict__.get(BASE_ATTRIBUTE)
+    if base is not None:
+        connection.__class__ = base
+    return connection

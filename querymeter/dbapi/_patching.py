@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Patch"]
+__all__ = ["Patch", "like"]
 
 _ABSENT = object()
 
@@ -42,3 +42,12 @@ class Patch:
             delattr(self.owner, self.name)
         else:
             setattr(self.owner, self.name, self.own)
+
+
+def like(function: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a replacement the original's name, qualified name, docstring, and __wrapped__."""
+    function.__name__ = getattr(original, "__name__", function.__name__)
+    function.__qualname__ = getattr(original, "__qualname__", function.__qualname__)
+    function.__doc__ = original.__doc__
+    function.__wrapped__ = original  # type: ignore[attr-defined]
+    return function

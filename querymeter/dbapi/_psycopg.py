@@ -12,17 +12,14 @@ psycopg_pool are counted too.  An existing connection changes class in place.
 from __future__ import annotations
 
 import inspect
-import threading
-import weakref
-from collections.abc import Callable
 from typing import Any
 
 import psycopg
 
 from ..meter import Meter
 from ._counting import (
+    ConnectionClasses,
     CountedMethod,
-    already_counted_by_other,
     connection_meter,
     connection_namespace,
     counted_async_context,
@@ -31,13 +28,13 @@ from ._counting import (
     counted_context,
     counted_iteration,
     counted_meter,
-    forget_connection,
     original_class,
     report_fault,
-    set_connection_meter,
     tracked,
+    unwrap_in_place,
+    wrap_in_place,
 )
-from ._patching import Patch
+from ._patching import Patch, like
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
@@ -89,40 +86,28 @@ def restore_factories(connection: Any) -> None:
             setattr(connection, attribute, original_class(factory))
 
 
-_connection_classes: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
-_connection_classes_lock = threading.Lock()
+def _counting_connection_class(base: Any) -> type:
+    base_cursor = base.cursor
+
+    def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
+        meter = connection_meter(self)
+        if meter is not None:
+            count_factories(self, meter)
+        return base_cursor(self, *args, **kwargs)
+
+    cursor.__doc__ = base_cursor.__doc__
+    namespace = connection_namespace(base)
+    namespace["cursor"] = cursor
+    return type(base.__name__, (base,), namespace)
 
 
-def connection_class(base: type) -> type[Any]:
-    """The counting subclass of a psycopg connection class (its meter is per connection)."""
-    base = original_class(base)
-    base_cursor = base.cursor  # type: ignore[attr-defined]
-    cls = _connection_classes.get(base)
-    if cls is not None:
-        return cls
-    with _connection_classes_lock:
-        cls = _connection_classes.get(base)
-        if cls is None:
-
-            def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
-                meter = connection_meter(self)
-                if meter is not None:
-                    count_factories(self, meter)
-                return base_cursor(self, *args, **kwargs)
-
-            cursor.__doc__ = base_cursor.__doc__
-            namespace = connection_namespace(base)
-            namespace["cursor"] = cursor
-            cls = _connection_classes[base] = type(base.__name__, (base,), namespace)
-    return cls
+#: The counting subclass of a psycopg connection class (its meter is per connection).
+connection_class = ConnectionClasses(_counting_connection_class)
 
 
 def count_connection(connection: Any, meter: Meter) -> None:
     """Count a connection (new or existing) into a meter, in place."""
-    counting = connection_class(type(connection))
-    if type(connection) is not counting:
-        connection.__class__ = counting
-    set_connection_meter(connection, meter)
+    wrap_in_place(connection, meter, NAME, connection_class)
     count_factories(connection, meter)
 
 
@@ -144,7 +129,7 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
                 count_new(connection)
             return connection
 
-        return classmethod(_like(connect, own.__func__))
+        return classmethod(like(connect, own.__func__))
 
     def make_async(patch: Patch) -> Any:
         own = patch.own
@@ -155,7 +140,7 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
                 count_new(connection)
             return connection
 
-        return classmethod(_like(connect, own.__func__))
+        return classmethod(like(connect, own.__func__))
 
     sync_patch = Patch(module.Connection, "connect", make_sync)
     async_patch = Patch(module.AsyncConnection, "connect", make_async)
@@ -167,24 +152,11 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
     return [sync_patch, async_patch, Patch(module, "connect", make_module)]
 
 
-def _like(function: Callable[..., Any], original: Callable[..., Any]) -> Callable[..., Any]:
-    function.__name__ = original.__name__
-    function.__qualname__ = original.__qualname__
-    function.__doc__ = original.__doc__
-    function.__wrapped__ = original  # type: ignore[attr-defined]
-    return function
-
-
 def wrap(connection: Any, meter: Meter) -> Any:
-    already_counted_by_other(connection, meter, NAME)
     count_connection(connection, meter)
     return connection
 
 
 def unwrap(connection: Any) -> Any:
-    forget_connection(connection)
     restore_factories(connection)
-    base = type(connection).__dict__.get("__querymeter_base__")
-    if base is not None:
-        connection.__class__ = base
-    return connection
+    return unwrap_in_place(connection)

@@ -11,7 +11,6 @@ cursors are counted unless a call passes its own ``cursor_factory``.
 
 from __future__ import annotations
 
-import threading
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -21,18 +20,18 @@ import psycopg2.extensions
 
 from ..meter import Meter
 from ._counting import (
+    ConnectionClasses,
     already_counted_by_other,
     connection_meter,
     connection_namespace,
     counted_class,
     counted_meter,
     forget_connection,
-    original_class,
     report_fault,
     set_connection_meter,
     tracked,
 )
-from ._patching import Patch
+from ._patching import Patch, like
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
@@ -61,38 +60,26 @@ def counted_cursor_factory(factory: Any, meter: Meter) -> Any:
     return factory
 
 
-_connection_classes: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
-_connection_classes_lock = threading.Lock()
+def _counting_connection_class(base: Any) -> type:
+    base_cursor = base.cursor
+
+    def cursor(
+        self: Any, name: Any = None, cursor_factory: Any = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        meter = connection_meter(self)
+        if meter is not None:
+            factory = cursor_factory or self.cursor_factory or BASE_CURSOR
+            cursor_factory = counted_cursor_factory(factory, meter)
+        return base_cursor(self, name, cursor_factory, *args, **kwargs)
+
+    cursor.__doc__ = base_cursor.__doc__
+    namespace = connection_namespace(base)
+    namespace["cursor"] = cursor
+    return type(base.__name__, (base,), namespace)
 
 
-def connection_class(base: type) -> type[Any]:
-    """The counting subclass of a psycopg2 connection class (its meter is per connection)."""
-    base = original_class(base)
-    base_cursor = base.cursor  # type: ignore[attr-defined]
-    cls = _connection_classes.get(base)
-    if cls is not None:
-        return cls
-    with _connection_classes_lock:
-        cls = _connection_classes.get(base)
-        if cls is None:
-
-            def cursor(
-                self: Any,
-                name: Any = None,
-                cursor_factory: Any = None,
-                *args: Any,
-                **kwargs: Any,
-            ) -> Any:
-                meter = connection_meter(self)
-                if meter is not None:
-                    factory = cursor_factory or self.cursor_factory or BASE_CURSOR
-                    cursor_factory = counted_cursor_factory(factory, meter)
-                return base_cursor(self, name, cursor_factory, *args, **kwargs)
-
-            namespace = connection_namespace(base)
-            namespace["cursor"] = cursor
-            cls = _connection_classes[base] = type(base.__name__, (base,), namespace)
-    return cls
+#: The counting subclass of a psycopg2 connection class (its meter is per connection).
+connection_class = ConnectionClasses(_counting_connection_class)
 
 
 def instrument(module: Any, meter: Meter) -> list[Patch]:
@@ -123,10 +110,7 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
                 report_fault("psycopg2: could not count a new connection", exc)
             return connection
 
-        connect.__name__ = connect.__qualname__ = "connect"
-        connect.__doc__ = original.__doc__
-        connect.__wrapped__ = original  # type: ignore[attr-defined]
-        return connect
+        return like(connect, original)
 
     return [Patch(module, "connect", make)]
 

@@ -10,8 +10,6 @@ changes class in place.
 
 from __future__ import annotations
 
-import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -21,18 +19,18 @@ import pymysql.cursors
 
 from ..meter import Meter
 from ._counting import (
-    already_counted_by_other,
+    ConnectionClasses,
     batch,
     connection_meter,
     connection_namespace,
     counted_class,
-    forget_connection,
-    original_class,
     report_fault,
     set_connection_meter,
     tracked,
+    unwrap_in_place,
+    wrap_in_place,
 )
-from ._patching import Patch
+from ._patching import Patch, like
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
@@ -50,36 +48,27 @@ def cursor_class(base: type, meter: Meter) -> type:
     return counted_class(base, meter, CURSOR_METHODS)
 
 
-_connection_classes: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
-_connection_classes_lock = threading.Lock()
+def _counting_connection_class(base: Any) -> type:
+    base_cursor = base.cursor
+
+    def cursor(self: Any, cursor: Any = None) -> Any:
+        meter = connection_meter(self)
+        if meter is not None:
+            requested = cursor or self.cursorclass
+            if isinstance(requested, type):
+                cursor = cursor_class(requested, meter)
+            else:
+                report_fault("pymysql: a cursor class that is not a class is not counted")
+        return base_cursor(self, cursor)
+
+    cursor.__doc__ = base_cursor.__doc__
+    namespace = connection_namespace(base)
+    namespace["cursor"] = cursor
+    return type(base.__name__, (base,), namespace)
 
 
-def connection_class(base: type) -> type[Any]:
-    """The counting subclass of a PyMySQL connection class (its meter is per connection)."""
-    base = original_class(base)
-    base_cursor = base.cursor  # type: ignore[attr-defined]
-    cls = _connection_classes.get(base)
-    if cls is not None:
-        return cls
-    with _connection_classes_lock:
-        cls = _connection_classes.get(base)
-        if cls is None:
-
-            def cursor(self: Any, cursor: Any = None) -> Any:
-                meter = connection_meter(self)
-                if meter is not None:
-                    requested = cursor or self.cursorclass
-                    if isinstance(requested, type):
-                        cursor = cursor_class(requested, meter)
-                    else:
-                        report_fault("pymysql: a cursor class that is not a class is not counted")
-                return base_cursor(self, cursor)
-
-            cursor.__doc__ = base_cursor.__doc__
-            namespace = connection_namespace(base)
-            namespace["cursor"] = cursor
-            cls = _connection_classes[base] = type(base.__name__, (base,), namespace)
-    return cls
+#: The counting subclass of a PyMySQL connection class (its meter is per connection).
+connection_class = ConnectionClasses(_counting_connection_class)
 
 
 def instrument(module: Any, meter: Meter) -> list[Patch]:
@@ -103,10 +92,7 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
             connection.__init__(*args, **kwargs)
             return connection
 
-        connect.__name__ = connect.__qualname__ = "connect"
-        connect.__doc__ = original.__doc__
-        connect.__wrapped__ = original  # type: ignore[attr-defined]
-        return connect
+        return like(connect, original)
 
     patches = [Patch(module, "connect", make)]
     if getattr(module, "Connect", None) is patches[0].original:
@@ -115,17 +101,8 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
 
 
 def wrap(connection: Any, meter: Meter) -> Any:
-    already_counted_by_other(connection, meter, NAME)
-    counting = connection_class(type(connection))
-    if type(connection) is not counting:
-        connection.__class__ = counting
-    set_connection_meter(connection, meter)
-    return connection
+    return wrap_in_place(connection, meter, NAME, connection_class)
 
 
 def unwrap(connection: Any) -> Any:
-    forget_connection(connection)
-    base = type(connection).__dict__.get("__querymeter_base__")
-    if base is not None:
-        connection.__class__ = base
-    return connection
+    return unwrap_in_place(connection)

@@ -12,13 +12,12 @@ proxy for it, whose forwarding is plain attribute access (no exception path).
 from __future__ import annotations
 
 import sqlite3
-import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 from ..meter import Meter
 from ._counting import (
+    ConnectionClasses,
     already_counted_by_other,
     connection_meter,
     connection_namespace,
@@ -28,7 +27,7 @@ from ._counting import (
     set_connection_meter,
     tracked,
 )
-from ._patching import Patch
+from ._patching import Patch, like
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
@@ -57,23 +56,6 @@ def counted_cursor_factory(factory: Any, meter: Meter | None) -> Any:
         return cursor_class(factory, meter)
     report_fault("sqlite3: a cursor factory that is not a Cursor subclass is not counted")
     return factory
-
-
-_connection_classes: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
-_connection_classes_lock = threading.Lock()
-
-
-def connection_class(base: type) -> type[Any]:
-    """The counting subclass of a sqlite3 Connection class (its meter is per connection)."""
-    cls = _connection_classes.get(base)
-    if cls is not None:
-        return cls
-    with _connection_classes_lock:
-        cls = _connection_classes.get(base)
-        if cls is None:
-            cls = _make_connection_class(base)
-            _connection_classes[base] = cls
-    return cls
 
 
 def _make_connection_class(base: Any) -> type[Any]:
@@ -107,6 +89,10 @@ def _make_connection_class(base: Any) -> type[Any]:
     return type(base.__name__, (base,), namespace)
 
 
+#: The counting subclass of a sqlite3 Connection class (its meter is per connection).
+connection_class = ConnectionClasses(_make_connection_class)
+
+
 def instrument(module: Any, meter: Meter) -> list[Patch]:
     """Patch sqlite3.connect (and sqlite3.dbapi2.connect) to open counted connections."""
 
@@ -128,10 +114,7 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
                 report_fault("sqlite3: could not count a new connection", exc)
             return connection
 
-        connect.__name__ = connect.__qualname__ = "connect"
-        connect.__doc__ = original.__doc__
-        connect.__wrapped__ = original  # type: ignore[attr-defined]
-        return connect
+        return like(connect, original)
 
     patches = [Patch(module, "connect", make)]
     dbapi2 = getattr(module, "dbapi2", None)
