@@ -23,12 +23,54 @@ is None, never 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from .snapshot import Snapshot
 
-__all__ = ["Interval"]
+__all__ = ["Interval", "check_readings"]
 
 _NS_PER_S = 1_000_000_000
+
+
+def check_readings(
+    earlier: Any,
+    later: Any,
+    *,
+    reading: type[Any],
+    interval: str,
+    identity: str,
+    source: str,
+    counters: tuple[str, ...],
+) -> None:
+    """Refuse two readings that are not two readings of one source, in this order.
+
+    ``reading`` is their type, ``identity`` the field naming their source (a
+    meter, an engine's pool), ``counters`` the fields that never decrease.
+    """
+    name = reading.__name__
+    if not isinstance(earlier, reading) or not isinstance(later, reading):
+        raise TypeError(
+            f"{interval} is made of two {name}s, not "
+            f"{type(earlier).__name__} and {type(later).__name__}"
+        )
+    first, second = getattr(earlier, identity), getattr(later, identity)
+    if first != second:
+        raise ValueError(
+            f"cannot take an interval between {name}s of different {source}s "
+            f"({identity} {first:#x} and {second:#x})"
+        )
+    gap_ns = earlier.uptime_ns - later.uptime_ns
+    if gap_ns > 0:
+        raise ValueError(
+            f"{name}s in the wrong order: the 'later' one was read {gap_ns} ns before "
+            "the 'earlier' one (write later - earlier)"
+        )
+    for counter in counters:
+        if getattr(later, counter) < getattr(earlier, counter):
+            raise ValueError(
+                f"{counter} decreased between the {name}s: they are not two readings "
+                f"of one {source}"
+            )
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -45,29 +87,15 @@ class Interval:
     later: Snapshot
 
     def __post_init__(self) -> None:
-        earlier, later = self.earlier, self.later
-        if not isinstance(earlier, Snapshot) or not isinstance(later, Snapshot):
-            raise TypeError(
-                "an Interval is made of two Snapshots, not "
-                f"{type(earlier).__name__} and {type(later).__name__}"
-            )
-        if earlier.meter_id != later.meter_id:
-            raise ValueError(
-                "cannot take an interval between snapshots of different meters "
-                f"(meter_id {earlier.meter_id:#x} and {later.meter_id:#x})"
-            )
-        if later.uptime_ns < earlier.uptime_ns:
-            raise ValueError(
-                "snapshots in the wrong order: the 'later' one was read "
-                f"{earlier.uptime_ns - later.uptime_ns} ns before the 'earlier' one "
-                "(write later - earlier)"
-            )
-        for name in ("queries", "errors", "total_ns", "busy_ns"):
-            if getattr(later, name) < getattr(earlier, name):
-                raise ValueError(
-                    f"{name} decreased between the snapshots: they are not two "
-                    "readings of one meter"
-                )
+        check_readings(
+            self.earlier,
+            self.later,
+            reading=Snapshot,
+            interval="an Interval",
+            identity="meter_id",
+            source="meter",
+            counters=("queries", "errors", "total_ns", "busy_ns"),
+        )
 
     @classmethod
     def between(cls, earlier: Snapshot, later: Snapshot) -> Interval:

@@ -16,7 +16,7 @@ from .snapshot import Snapshot
 if TYPE_CHECKING:
     from .core import Token
 
-__all__ = ["Meter", "default_meter", "meter_class", "snapshot"]
+__all__ = ["Meter", "default_meter", "meter_argument", "meter_class", "snapshot"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -184,6 +184,18 @@ _default_meter = Meter()
 def default_meter() -> Meter:
     """The process-wide meter that the hooks count into unless given another."""
     return _default_meter
+
+
+def meter_argument(meter: object) -> Meter:
+    """The meter a ``meter=`` argument names: the one given, or the default meter.
+
+    Raises TypeError, naming what was passed, for anything that is not a meter.
+    """
+    if meter is None:
+        return _default_meter
+    if not isinstance(meter, _MeterAPI):
+        raise TypeError(f"meter must be a querymeter.Meter, not {type(meter).__name__}")
+    return meter  # type: ignore[return-value]
 
 
 def snapshot() -> Snapshot:

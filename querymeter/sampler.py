@@ -11,7 +11,7 @@ from types import TracebackType
 
 from . import _faults
 from .interval import Interval
-from .meter import Meter, _MeterAPI, default_meter
+from .meter import Meter, meter_argument
 from .snapshot import Snapshot
 
 __all__ = ["Sampler"]
@@ -40,10 +40,7 @@ class Sampler:
     def __init__(
         self, meter: Meter | None = None, *, period: float = 1.0, capacity: int = 3600
     ) -> None:
-        if meter is None:
-            meter = default_meter()
-        elif not isinstance(meter, _MeterAPI):
-            raise TypeError(f"meter must be a querymeter.Meter, not {type(meter).__name__}")
+        meter = meter_argument(meter)
         if isinstance(period, bool) or not isinstance(period, (int, float)):
             raise TypeError(f"period must be a number of seconds, not {type(period).__name__}")
         if not (math.isfinite(period) and period > 0):

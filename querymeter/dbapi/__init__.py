@@ -21,9 +21,9 @@ import threading
 import types
 from typing import Any
 
-from ..meter import Meter
-from ._counting import connection_meter, validate_meter
-from ._patching import Patch
+from .._patching import Patch
+from ..meter import Meter, meter_argument
+from ._counting import connection_meter
 
 __all__ = [
     "SUPPORTED_DRIVERS",
@@ -70,7 +70,7 @@ def instrument(module: types.ModuleType, *, meter: Meter | None = None) -> None:
     ``ValueError`` (a statement would be counted twice).
     """
     name = _driver_name(module)
-    counted_into = validate_meter(meter)
+    counted_into = meter_argument(meter)
     with _lock:
         current = _instrumented.get(name)
         if current is not None:
@@ -129,7 +129,7 @@ def wrap_connection(connection: Any, *, meter: Meter | None = None) -> Any:
     meter raises ``ValueError``.
     """
     adapter = _adapter_for_connection(connection)
-    return adapter.wrap(connection, validate_meter(meter))
+    return adapter.wrap(connection, meter_argument(meter))
 
 
 def unwrap_connection(connection: Any) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 import aiosqlite
 import aiosqlite.context
 
+from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
     ConnectionClasses,
@@ -30,7 +31,6 @@ from ._counting import (
     unwrap_in_place,
     wrap_in_place,
 )
-from ._patching import Patch, like
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 

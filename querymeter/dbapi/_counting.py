@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any, TypeVar
 
 from .. import _faults
-from ..meter import Meter, _MeterAPI
+from ..meter import Meter
 
 __all__ = [
     "ConnectionClasses",
@@ -37,7 +37,6 @@ __all__ = [
     "set_connection_meter",
     "tracked",
     "unwrap_in_place",
-    "validate_meter",
     "wrap_in_place",
 ]
 
@@ -49,17 +48,6 @@ CountedMethod = Callable[[Meter, type, str], Any]
 
 METER_ATTRIBUTE = "__querymeter_meter__"
 BASE_ATTRIBUTE = "__querymeter_base__"
-
-
-def validate_meter(meter: object) -> Meter:
-    """The meter to count into: the one given, or the default meter."""
-    if meter is None:
-        from ..meter import default_meter
-
-        return default_meter()
-    if not isinstance(meter, _MeterAPI):
-        raise TypeError(f"meter must be a querymeter.Meter, not {type(meter).__name__}")
-    return meter  # type: ignore[return-value]
 
 
 def report_fault(cause: str, exc: BaseException | None = None) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
     ConnectionClasses,
@@ -34,7 +35,6 @@ from ._counting import (
     unwrap_in_place,
     wrap_in_place,
 )
-from ._patching import Patch, like
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 

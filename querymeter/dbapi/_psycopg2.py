@@ -18,6 +18,7 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
     ConnectionClasses,
@@ -31,7 +32,6 @@ from ._counting import (
     set_connection_meter,
     tracked,
 )
-from ._patching import Patch, like
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 

@@ -17,6 +17,7 @@ import pymysql
 import pymysql.connections
 import pymysql.cursors
 
+from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
     ConnectionClasses,
@@ -30,7 +31,6 @@ from ._counting import (
     unwrap_in_place,
     wrap_in_place,
 )
-from ._patching import Patch, like
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 

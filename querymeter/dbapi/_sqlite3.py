@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
     ConnectionClasses,
@@ -27,7 +28,6 @@ from ._counting import (
     set_connection_meter,
     tracked,
 )
-from ._patching import Patch, like
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
