@@ -1,0 +1,182 @@
+"""One instrumented engine: its dialect's statement methods counted, its pool accounted.
+
+Statements are counted by replacing four methods as instance attributes of
+``engine.dialect`` with the meter's call wrapper (one C call in the C core)
+around the bound original:
+
+- ``do_execute``, ``do_executemany``, ``do_execute_no_params``: every call a
+  Connection makes to send a statement, including the first-connect
+  initialize queries, sequences and defaults run by ``_cursor_execute``, and
+  each insertmanyvalues batch (one ``do_execute`` per batch);
+- ``do_ping``: the pool's pre-ping, so a failed ping is an error query.
+
+The dialect looks these up on itself at every call (engine/base.py), so the
+wrapper sees the statement exactly as long as the driver does, and ends it
+exactly once whatever happens after: no ``before/after_cursor_execute`` or
+``handle_error`` pairing to get wrong (handle_error can fire after
+after_cursor_execute, or not at all under ``skip_user_error_events``).  The
+dialect's own execution (its ``do_execute`` override, executemany batching,
+insertmanyvalues) runs unchanged inside the timing, and DialectEvents
+listeners keep working, since the dispatch loop in front of the call is
+SQLAlchemy's, untouched.
+
+The instrumentation is kept on the dialect itself, which every engine that
+shares it (``execution_options()`` option engines, ``AsyncEngine.sync_engine``)
+reaches, and which it cannot outlive.
+"""
+
+from __future__ import annotations
+
+import logging
+import weakref
+from typing import Any
+
+from .. import _faults
+from .._patching import Patch
+from ..meter import Meter
+from ._figures import PoolSnapshot
+from ._handover import Handover
+from ._pool import PoolAccounting
+
+__all__ = ["STATEMENT_METHODS", "Instrumentation", "Lingering", "state_of"]
+
+STATEMENT_METHODS = ("do_execute", "do_executemany", "do_execute_no_params", "do_ping")
+
+# The dialect's attribute that holds its Instrumentation (or what lingers of one).
+STATE_ATTRIBUTE = "_querymeter_instrumentation"
+
+_logger = logging.getLogger("querymeter")
+_warned_about_listeners = False
+
+
+def state_of(dialect: Any) -> Instrumentation | Lingering | None:
+    """What querymeter keeps on a dialect: its Instrumentation, what lingers of one, or None."""
+    state: Instrumentation | Lingering | None = vars(dialect).get(STATE_ATTRIBUTE)
+    return state
+
+
+class Lingering:
+    """Statement wrappers that outlived ``uninstrument`` because another tool wrapped them.
+
+    Putting the original back would have dropped that tool's wrapper, and a C
+    call wrapper cannot be switched off, so ours stays in its chain and keeps
+    counting into ``meter``.  Instrumenting the engine again with the same
+    meter takes them back instead of counting twice.
+    """
+
+    def __init__(self, meter: Meter, patches: dict[str, Patch]) -> None:
+        self.meter = meter
+        self.patches = patches
+
+
+class Instrumentation:
+    """What ``instrument(engine)`` added, so that ``uninstrument`` removes exactly that."""
+
+    def __init__(self, engine: Any, meter: Meter) -> None:
+        self.meter = meter
+        self._dialect = weakref.ref(engine.dialect)
+        self._statements: dict[str, Patch] = {}
+        self.handover = Handover(meter)
+        self.pool = PoolAccounting(self.handover.take)
+
+    @staticmethod
+    def check_lingering(dialect: Any, meter: Meter) -> None:
+        """Refuse to count into ``meter`` where a wrapper of another meter still counts."""
+        lingering = state_of(dialect)
+        if not isinstance(lingering, Lingering) or lingering.meter is meter:
+            return
+        if any(not patch.is_outermost() for patch in lingering.patches.values()):
+            raise ValueError(
+                "this engine's dialect still counts into another meter, through a "
+                "wrapper of querymeter's that another tool has wrapped since; remove "
+                "that tool's wrapper, or instrument with the same meter as before"
+            )
+
+    def install(self, engine: Any) -> None:
+        """Count the dialect's statements, account the pool; report, never raise, our faults."""
+        dialect = engine.dialect
+        lingering = state_of(dialect)
+        setattr(dialect, STATE_ATTRIBUTE, self)
+        try:
+            self._patch_statements(dialect, lingering)
+        except Exception as exc:  # noqa: BLE001 - ours, never the application's
+            _faults.report("sqlalchemy: could not count an engine's statements", exc)
+        _warn_about_execute_listeners(dialect)
+        try:
+            self.pool.install(engine.pool)
+            self.pool.listen(engine)
+        except Exception as exc:  # noqa: BLE001
+            _faults.report("sqlalchemy: could not account an engine's pool", exc)
+
+    def _patch_statements(self, dialect: Any, lingering: object) -> None:
+        kept = lingering.patches if isinstance(lingering, Lingering) else {}
+        for name in STATEMENT_METHODS:
+            patch = kept.get(name)
+            if patch is not None:
+                if isinstance(lingering, Lingering) and lingering.meter is self.meter:
+                    # Still counting into this meter: take it back, do not stack another.
+                    self._statements[name] = patch
+                    continue
+                # Another meter's, outermost again (check_lingering saw to it).
+                patch.remove()
+            if not callable(getattr(dialect, name, None)):
+                continue
+            patch = Patch(dialect, name, lambda patch: self.meter.tracked(patch.original))
+            patch.install()
+            self._statements[name] = patch
+
+    def uninstall(self) -> None:
+        """Remove every wrapper and listener added; give connections back to querymeter.dbapi."""
+        # First of all: every pool wrapper and listener passes through from now on.
+        self.pool.active = False
+        dialect = self._dialect()
+        lingering: dict[str, Patch] = {}
+        for name, patch in self._statements.items():
+            if not patch.remove():
+                lingering[name] = patch
+        if lingering:
+            _faults.report(
+                "sqlalchemy: uninstrument left a statement wrapper that another tool "
+                "wrapped since; it keeps counting until that tool removes its wrapper"
+            )
+        try:
+            self.pool.unlisten()
+            self.pool.uninstall()
+        except Exception as exc:  # noqa: BLE001
+            _faults.report("sqlalchemy: could not remove an engine's pool accounting", exc)
+        self.handover.give_back()
+        if dialect is not None and vars(dialect).get(STATE_ATTRIBUTE) is self:
+            if lingering:
+                setattr(dialect, STATE_ATTRIBUTE, Lingering(self.meter, lingering))
+            else:
+                delattr(dialect, STATE_ATTRIBUTE)
+
+    def pool_snapshot(self) -> PoolSnapshot:
+        return self.pool.snapshot()
+
+
+def _warn_about_execute_listeners(dialect: Any) -> None:
+    """Log once: a do_execute* listener that returns True runs the statement past our wrapper."""
+    global _warned_about_listeners
+    if _warned_about_listeners:
+        return
+    # Reading dialect.dispatch would create it: look only where listeners were added.
+    dispatch = vars(dialect).get("dispatch")
+    if dispatch is None or not getattr(dialect, "_has_events", False):
+        return
+    try:
+        present = [
+            name
+            for name in ("do_execute", "do_executemany", "do_execute_no_params")
+            if len(getattr(dispatch, name))
+        ]
+    except Exception:  # noqa: BLE001 - a dialect without DialectEvents has no such listeners
+        return
+    if present:
+        _warned_about_listeners = True
+        _logger.warning(
+            "querymeter.sqlalchemy: the engine has %s event listeners; a listener that "
+            "returns True executes the statement itself, and querymeter does not count "
+            "it (this is logged once)",
+            "/".join(present),
+        )
