@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
+import time
 from collections import defaultdict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,41 @@ def meter_type(request: pytest.FixtureRequest) -> type[Meter]:
         if REQUIRE_C:
             pytest.fail(f"the C core is not built but QUERYMETER_REQUIRE_C=1: {exc}")
         pytest.skip(f"the C core is not built: {exc}")
+
+
+def interleaved_medians(runs: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """Median ns per operation of each run, measured in turn, round after round.
+
+    Each run loops its operation ``OPS`` times.  On a shared machine the speed
+    drifts over seconds; measuring every variant in each round spreads the drift
+    over all of them, so that differences of a few percent stay visible.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter_ns()
+            run()
+            times[name].append((time.perf_counter_ns() - start) / OPS)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def print_interleaved(
+    title: str, medians: Mapping[str, float], baseline: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Print interleaved medians with each one's ratio to, and excess over, the baseline."""
+    base = medians[baseline]
+    lines = [f"{title} (interleaved, medians per operation):"]
+    for name, median in sorted(medians.items(), key=lambda item: item[1]):
+        lines.append(
+            f"  {name:28s} {median:9.1f} ns/op  {median / base:6.2f}x  {median - base:+9.1f} ns/op"
+        )
+    with capsys.disabled():
+        print("\n" + "\n".join(lines))
+
+
+def quick_mode(config: pytest.Config) -> bool:
+    """Whether the benchmarks run once, to be checked rather than measured (CI)."""
+    return bool(config.getoption("benchmark_disable", False))
 
 
 def mark_baseline(benchmark: Any) -> None:

@@ -9,13 +9,21 @@ lookups weigh the same on both sides.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from querymeter.meter import Meter
+from querymeter.meter import Meter, meter_class
 
-from .conftest import OPS, mark_baseline
+from .conftest import (
+    OPS,
+    REQUIRE_C,
+    interleaved_medians,
+    mark_baseline,
+    print_interleaved,
+    quick_mode,
+)
 
 pytestmark = pytest.mark.benchmark(group="core", min_rounds=20)
 
@@ -99,3 +107,46 @@ def test_untracked_call(benchmark: Any) -> None:
             noop()
 
     benchmark(run)
+
+
+def test_core_interleaved(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The C core's operations and the floor in turn, round after round."""
+    try:
+        meter = meter_class("c")()
+    except ImportError as exc:
+        if REQUIRE_C:
+            pytest.fail(f"the C core is not built: {exc}")
+        pytest.skip(f"the C core is not built: {exc}")
+    begin, end, snapshot, track = meter.begin, meter.end, meter.snapshot, meter.track
+    clock = time.perf_counter_ns
+
+    def floor() -> None:
+        for _ in RANGE:
+            clock()
+            clock()
+
+    def pair() -> None:
+        for _ in RANGE:
+            end(begin())
+
+    def block() -> None:
+        for _ in RANGE:
+            with track():
+                pass
+
+    def read() -> None:
+        for _ in RANGE:
+            snapshot()
+
+    runs: dict[str, Callable[[], None]] = {
+        "two perf_counter_ns()": floor,
+        "begin+end": pair,
+        "with track()": block,
+        "snapshot()": read,
+    }
+    rounds = 1 if quick_mode(request.config) else 101
+    medians = interleaved_medians(runs, rounds)
+    if not quick_mode(request.config):
+        print_interleaved("core, C", medians, "two perf_counter_ns()", capsys)

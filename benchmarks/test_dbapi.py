@@ -27,7 +27,14 @@ import pytest
 import querymeter.dbapi
 from querymeter.meter import meter_class
 
-from .conftest import OPS, REQUIRE_C, mark_baseline
+from .conftest import (
+    OPS,
+    REQUIRE_C,
+    interleaved_medians,
+    mark_baseline,
+    print_interleaved,
+    quick_mode,
+)
 
 RANGE = range(OPS)
 SQL = "SELECT 1"
@@ -166,3 +173,36 @@ def test_round_trip(benchmark: Any, variant: tuple[str, Any]) -> None:
             cursor.rowcount  # noqa: B018 - the read is the point
 
     benchmark(run)
+
+
+def test_added_cost_interleaved(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every variant in turn, round after round, for both workloads: the figures to judge by."""
+    cursors = {name: make() for name, make in VARIANTS.items()}
+
+    def execute_alone(cursor: Any) -> Callable[[], None]:
+        execute = cursor.execute
+
+        def run() -> None:
+            for _ in RANGE:
+                execute(SQL)
+
+        return run
+
+    def round_trip(cursor: Any) -> Callable[[], None]:
+        def run() -> None:
+            for _ in RANGE:
+                cursor.execute(SQL)
+                cursor.fetchall()
+                cursor.rowcount  # noqa: B018 - the read is the point
+
+        return run
+
+    rounds = 1 if quick_mode(request.config) else 41
+    for title, workload in (("execute alone", execute_alone), ("round trip", round_trip)):
+        medians = interleaved_medians(
+            {name: workload(cursor) for name, cursor in cursors.items()}, rounds
+        )
+        if not quick_mode(request.config):
+            print_interleaved(f"dbapi, {title}", medians, "raw", capsys)

@@ -24,8 +24,6 @@ and querymeter's fraction of the peers': the figures to check the goals with.
 from __future__ import annotations
 
 import contextlib
-import statistics
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -33,7 +31,14 @@ import pytest
 
 from querymeter.meter import meter_class
 
-from .conftest import OPS, REQUIRE_C, mark_baseline
+from .conftest import (
+    OPS,
+    REQUIRE_C,
+    interleaved_medians,
+    mark_baseline,
+    print_interleaved,
+    quick_mode,
+)
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
 qs = pytest.importorskip("querymeter.sqlalchemy")
@@ -142,10 +147,9 @@ def test_added_cost_interleaved(
     request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Every variant in turn, round after round: each one's added cost per statement."""
-    quick = bool(request.config.getoption("benchmark_disable", False))
-    rounds = 1 if quick else INTERLEAVED_ROUNDS
+    quick = quick_mode(request.config)
     with contextlib.ExitStack() as stack:
-        executes: dict[str, Callable[..., Any]] = {}
+        runs: dict[str, Callable[[], None]] = {}
         for name, variant in VARIANTS.items():
             steps = variant()
             engine = next(steps)
@@ -155,24 +159,24 @@ def test_added_cost_interleaved(
             connection = stack.enter_context(engine.connect())
             for _ in range(WARM_UP):
                 connection.exec_driver_sql(SQL)
-            executes[name] = connection.exec_driver_sql
-        per_statement_ns: dict[str, list[float]] = {name: [] for name in executes}
-        for _ in range(rounds):
-            for name, execute in executes.items():
-                start = time.perf_counter_ns()
-                for _ in RANGE:
-                    execute(SQL)
-                per_statement_ns[name].append((time.perf_counter_ns() - start) / OPS)
-    medians = {name: statistics.median(values) for name, values in per_statement_ns.items()}
-    added = {name: median - medians["plain"] for name, median in medians.items()}
+            runs[name] = _statements(connection.exec_driver_sql)
+        medians = interleaved_medians(runs, 1 if quick else INTERLEAVED_ROUNDS)
     if quick:
         return
-    lines = [f"sqlalchemy, interleaved ({rounds} rounds of {OPS} statements, medians):"]
-    for name, median in medians.items():
-        lines.append(f"  {name:24s} {median:9.1f} ns/statement  {added[name]:+8.1f} ns")
+    print_interleaved("sqlalchemy, exec_driver_sql('SELECT 1')", medians, "plain", capsys)
+    added = {name: median - medians["plain"] for name, median in medians.items()}
+    lines = []
     for peer in ("two-empty-listeners", "opentelemetry-no-sdk"):
         for ours in ("querymeter-c", "querymeter-python"):
             fraction = added[ours] / added[peer] if added[peer] > 0 else float("nan")
             lines.append(f"  {ours} adds {fraction:6.3f} of what {peer} adds")
     with capsys.disabled():
-        print("\n" + "\n".join(lines))
+        print("\n".join(lines))
+
+
+def _statements(execute: Callable[[str], Any]) -> Callable[[], None]:
+    def run() -> None:
+        for _ in RANGE:
+            execute(SQL)
+
+    return run
