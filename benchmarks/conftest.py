@@ -29,15 +29,20 @@ REQUIRE_C = os.environ.get("QUERYMETER_REQUIRE_C", "0") == "1"
 IMPLEMENTATIONS = {"c-extension": "c", "pure-python": "python"}
 
 
-@pytest.fixture(params=list(IMPLEMENTATIONS), ids=list(IMPLEMENTATIONS))
-def meter_type(request: pytest.FixtureRequest) -> type[Meter]:
-    """The Meter class over each core."""
+def load_meter_class(implementation: str) -> type[Meter]:
+    """The Meter class over one core ("c" or "python"); without the C core, skip or fail."""
     try:
-        return meter_class(IMPLEMENTATIONS[request.param])
+        return meter_class(implementation)
     except ImportError as exc:
         if REQUIRE_C:
             pytest.fail(f"the C core is not built but QUERYMETER_REQUIRE_C=1: {exc}")
         pytest.skip(f"the C core is not built: {exc}")
+
+
+@pytest.fixture(params=list(IMPLEMENTATIONS), ids=list(IMPLEMENTATIONS))
+def meter_type(request: pytest.FixtureRequest) -> type[Meter]:
+    """The Meter class over each core."""
+    return load_meter_class(IMPLEMENTATIONS[request.param])
 
 
 def interleaved_medians(runs: Mapping[str, Callable[[], object]], rounds: int) -> dict[str, float]:

@@ -14,12 +14,12 @@ from typing import Any
 
 import pytest
 
-from querymeter.meter import Meter, meter_class
+from querymeter.meter import Meter
 
 from .conftest import (
     OPS,
-    REQUIRE_C,
     interleaved_medians,
+    load_meter_class,
     mark_baseline,
     print_interleaved,
     quick_mode,
@@ -113,12 +113,7 @@ def test_core_interleaved(
     request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The C core's operations and the floor in turn, round after round."""
-    try:
-        meter = meter_class("c")()
-    except ImportError as exc:
-        if REQUIRE_C:
-            pytest.fail(f"the C core is not built: {exc}")
-        pytest.skip(f"the C core is not built: {exc}")
+    meter = load_meter_class("c")()
     begin, end, snapshot, track = meter.begin, meter.end, meter.snapshot, meter.track
     clock = time.perf_counter_ns
 

@@ -25,12 +25,11 @@ from typing import Any
 import pytest
 
 import querymeter.dbapi
-from querymeter.meter import meter_class
 
 from .conftest import (
     OPS,
-    REQUIRE_C,
     interleaved_medians,
+    load_meter_class,
     mark_baseline,
     print_interleaved,
     quick_mode,
@@ -46,12 +45,7 @@ def raw_cursor() -> Any:
 
 def querymeter_cursor(implementation: str) -> Callable[[], Any]:
     def make() -> Any:
-        try:
-            meter = meter_class(implementation)()
-        except ImportError as exc:
-            if REQUIRE_C:
-                pytest.fail(f"the C core is not built: {exc}")
-            pytest.skip(f"the C core is not built: {exc}")
+        meter = load_meter_class(implementation)()
         querymeter.dbapi.instrument(sqlite3, meter=meter)
         try:
             return sqlite3.connect(":memory:").cursor()

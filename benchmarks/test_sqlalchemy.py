@@ -29,12 +29,10 @@ from typing import Any
 
 import pytest
 
-from querymeter.meter import meter_class
-
 from .conftest import (
     OPS,
-    REQUIRE_C,
     interleaved_medians,
+    load_meter_class,
     mark_baseline,
     print_interleaved,
     quick_mode,
@@ -72,12 +70,7 @@ def two_empty_listeners() -> Iterator[Any]:
 
 def querymeter_engine(implementation: str) -> Variant:
     def make() -> Iterator[Any]:
-        try:
-            meter = meter_class(implementation)()
-        except ImportError as exc:
-            if REQUIRE_C:
-                pytest.fail(f"the C core is not built: {exc}")
-            pytest.skip(f"the C core is not built: {exc}")
+        meter = load_meter_class(implementation)()
         engine = sqlalchemy.create_engine(URL)
         qs.instrument(engine, meter=meter)
         yield engine

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from querymeter import Interval, Snapshot
 from querymeter.meter import Meter
@@ -72,6 +74,18 @@ async def in_tasks(meter: Meter, queries: list[Callable[[], Awaitable[object]]])
         if isinstance(result, BaseException):
             failures.append(result)
     return Overlap(mid_flight, meter.snapshot() - before, failures)
+
+
+def check_on_connections(
+    meter: Meter, connections: list[Any], query: Callable[[Any], object]
+) -> None:
+    """Run ``query(connection)`` on each connection in threads released together, check
+    the overlap, and close the connections whatever happens."""
+    try:
+        check(in_threads(meter, [functools.partial(query, c) for c in connections]))
+    finally:
+        for connection in connections:
+            connection.close()
 
 
 def check(overlap: Overlap) -> None:

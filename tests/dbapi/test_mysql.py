@@ -158,16 +158,11 @@ def test_errors_pass_through_and_count(counted: Any, meter: MeterType) -> None:
 def test_threads_overlap_on_the_server(meter: MeterType, mysql: dict[str, Any]) -> None:
     """4 threads in SLEEP(0.3) at once: concurrency 4 mid-flight, total ≈1.2 s, busy ≈0.3 s."""
     dbapi.instrument(pymysql, meter=meter)
-    connections = [pymysql.connect(**mysql) for _ in range(overlap.QUERIES)]
-    try:
-        queries = [
-            (lambda c=c: c.cursor().execute(f"SELECT SLEEP({overlap.SLEEP_S})"))
-            for c in connections
-        ]
-        overlap.check(overlap.in_threads(meter, queries))
-    finally:
-        for connection in connections:
-            connection.close()
+    overlap.check_on_connections(
+        meter,
+        [pymysql.connect(**mysql) for _ in range(overlap.QUERIES)],
+        lambda connection: connection.cursor().execute(f"SELECT SLEEP({overlap.SLEEP_S})"),
+    )
 
 
 def test_the_count_matches_what_the_server_saw(counted: Any, meter: MeterType) -> None:

@@ -212,15 +212,11 @@ def test_psycopg_keyboard_interrupt_mid_query_counts_and_propagates(
 def test_psycopg_threads_overlap_on_the_server(meter: MeterType, pg_dsn: str) -> None:
     """4 threads in pg_sleep(0.3) at once: concurrency 4 mid-flight, total ≈1.2 s, busy ≈0.3 s."""
     dbapi.instrument(psycopg, meter=meter)
-    connections = [psycopg.connect(pg_dsn, autocommit=True) for _ in range(overlap.QUERIES)]
-    try:
-        queries = [
-            (lambda c=c: c.execute(f"SELECT pg_sleep({overlap.SLEEP_S})")) for c in connections
-        ]
-        overlap.check(overlap.in_threads(meter, queries))
-    finally:
-        for connection in connections:
-            connection.close()
+    overlap.check_on_connections(
+        meter,
+        [psycopg.connect(pg_dsn, autocommit=True) for _ in range(overlap.QUERIES)],
+        lambda connection: connection.execute(f"SELECT pg_sleep({overlap.SLEEP_S})"),
+    )
 
 
 def test_psycopg_pool_connections_are_counted(meter: MeterType, pg_dsn: str) -> None:
@@ -434,16 +430,11 @@ def test_psycopg2_errors_pass_through_and_count(counted_psycopg2: Any, meter: Me
 def test_psycopg2_threads_overlap_on_the_server(meter: MeterType, pg_dsn: str) -> None:
     """4 threads in pg_sleep(0.3) at once: concurrency 4 mid-flight, total ≈1.2 s, busy ≈0.3 s."""
     dbapi.instrument(psycopg2, meter=meter)
-    connections = [psycopg2.connect(pg_dsn) for _ in range(overlap.QUERIES)]
-    try:
-        queries = [
-            (lambda c=c: c.cursor().execute(f"SELECT pg_sleep({overlap.SLEEP_S})"))
-            for c in connections
-        ]
-        overlap.check(overlap.in_threads(meter, queries))
-    finally:
-        for connection in connections:
-            connection.close()
+    overlap.check_on_connections(
+        meter,
+        [psycopg2.connect(pg_dsn) for _ in range(overlap.QUERIES)],
+        lambda connection: connection.cursor().execute(f"SELECT pg_sleep({overlap.SLEEP_S})"),
+    )
 
 
 def test_psycopg2_wrap_an_existing_connection(meter: MeterType, pg_dsn: str) -> None:
