@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -11,21 +12,13 @@ import querymeter.dbapi as dbapi
 from querymeter.meter import Meter as MeterType
 
 from ..servers import driver
-from . import overlap
+from . import overlap, transparency
 
 pymysql = driver("pymysql")
 driver("pymysql.cursors")
 
 
-def outcome(action: Callable[[], Any]) -> tuple[Any, ...]:
-    """What an action gave: its result, or its exception's type and arguments."""
-    try:
-        result = action()
-    except Exception as exc:
-        return ("raised", type(exc), exc.args)
-    if isinstance(result, pymysql.cursors.Cursor):
-        return ("returned a cursor",)
-    return ("returned", result)
+outcome = functools.partial(transparency.outcome, cursor_types=(pymysql.cursors.Cursor,))
 
 
 @pytest.fixture

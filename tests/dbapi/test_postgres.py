@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import threading
@@ -16,7 +17,7 @@ import querymeter.dbapi as dbapi
 from querymeter.meter import Meter as MeterType
 
 from ..servers import driver
-from . import overlap
+from . import overlap, transparency
 
 psycopg = driver("psycopg")
 psycopg2 = driver("psycopg2")
@@ -26,15 +27,9 @@ sql = driver("psycopg.sql")
 dict_row = driver("psycopg.rows").dict_row
 
 
-def outcome(action: Callable[[], Any]) -> tuple[Any, ...]:
-    """What an action gave: its result, or its exception's type and message."""
-    try:
-        result = action()
-    except Exception as exc:
-        return ("raised", type(exc), str(exc).splitlines()[0])
-    if isinstance(result, (psycopg.Cursor, psycopg2.extensions.cursor)):
-        return ("returned a cursor",)
-    return ("returned", result)
+outcome = functools.partial(
+    transparency.outcome, cursor_types=(psycopg.Cursor, psycopg2.extensions.cursor)
+)
 
 
 # ------------------------------------------------------------------ psycopg 3

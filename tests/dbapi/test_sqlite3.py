@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +13,9 @@ import pytest
 import querymeter.dbapi as dbapi
 from querymeter.meter import Meter as MeterType
 
+from . import transparency
 
-def outcome(action: Callable[[], Any]) -> tuple[Any, ...]:
-    """What an action gave: its result (a cursor as such), or its exception's type and arguments."""
-    try:
-        result = action()
-    except Exception as exc:
-        return ("raised", type(exc), exc.args)
-    if isinstance(result, sqlite3.Cursor):
-        return ("returned a cursor",)
-    return ("returned", result)
+outcome = functools.partial(transparency.outcome, cursor_types=(sqlite3.Cursor,))
 
 
 @pytest.fixture(params=["memory", "file"])
