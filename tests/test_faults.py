@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +14,7 @@ from querymeter import _faults
 from querymeter.meter import Meter as MeterType
 
 from .conftest import check_invariants
+from .servers import driver
 
 
 class BrokenClock:
@@ -82,15 +86,101 @@ def test_a_clock_running_backwards_never_runs_the_counters_back(
 def test_report_logs_once_per_cause_and_counts_every_time(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The first fault of a cause is logged with its exception; later ones are only counted."""
+    """The first fault of a cause is one line naming the exception; later ones are only counted."""
     cause = "test cause logged once"
     with caplog.at_level(logging.WARNING, logger="querymeter"):
         for _ in range(3):
-            _faults.report(cause, ValueError("detail"))
+            _faults.report(cause, ValueError("detail\non two lines"))
     logged = [r for r in caplog.records if cause in r.getMessage()]
     assert len(logged) == 1
-    assert logged[0].exc_info is not None
+    assert logged[0].exc_info is None
+    message = logged[0].getMessage()
+    assert f"{cause}: ValueError: detail on two lines (" in message
+    assert "\n" not in message
     assert querymeter.faults()[cause] == 3
+
+
+def test_report_adds_the_traceback_only_under_debug(caplog: pytest.LogCaptureFixture) -> None:
+    """With the querymeter logger enabled for DEBUG, a cause's first report has its traceback."""
+    cause = "test cause logged with its traceback"
+    try:
+        raise KeyError("missing")
+    except KeyError as exc:
+        raised = exc
+    with caplog.at_level(logging.DEBUG, logger="querymeter"):
+        _faults.report(cause, raised)
+    (record,) = [r for r in caplog.records if cause in r.getMessage()]
+    assert record.exc_info is not None and record.exc_info[1] is raised
+    assert "Traceback (most recent call last)" in caplog.text
+    assert f"{cause}: KeyError: 'missing'" in record.getMessage()
+
+
+def test_an_exception_is_named_with_its_module_and_a_long_message_is_cut() -> None:
+    """A non-builtin exception is named with its module; its message is cut to a bounded line."""
+
+    class DriverError(Exception):
+        pass
+
+    described = _faults._describe(DriverError("x" * 1000))
+    assert described.startswith(f": {__name__}.{DriverError.__qualname__}: xxx")
+    assert described.endswith("...")
+    assert len(described) < _faults._MAX_MESSAGE + 200
+    assert _faults._describe(ValueError()) == ": ValueError"
+    assert _faults._describe(None) == ""
+
+
+def test_a_fault_prints_one_line_on_an_unconfigured_applications_stderr() -> None:
+    """Without logging configured, a fault of a hook is one line on stderr, and the
+    application's call still returns what the driver returned."""
+    driver("psycopg2")
+    code = (
+        "import psycopg2, querymeter, querymeter.dbapi\n"
+        "stub = object()  # no weak reference: counting the connection faults\n"
+        "psycopg2._connect = lambda *args, **kwargs: stub\n"
+        "querymeter.dbapi.instrument(psycopg2)\n"
+        "for _ in range(3):\n"
+        "    assert psycopg2.connect('dbname=unused') is stub\n"
+        "print(querymeter.faults()['psycopg2: could not count a new connection'])\n"
+    )
+    quiet = _run(code)
+    assert quiet.stdout == "3\n"
+    lines = quiet.stderr.splitlines()
+    assert len(lines) == 1, quiet.stderr
+    assert lines[0].startswith(
+        "querymeter fault: psycopg2: could not count a new connection: TypeError: "
+        "cannot create weak reference to 'object' object ("
+    )
+    debug = _run("import logging\nlogging.getLogger('querymeter').setLevel(logging.DEBUG)\n" + code)
+    assert debug.stdout == "3\n"
+    assert debug.stderr.startswith(lines[0] + "\nTraceback (most recent call last):\n")
+
+
+def test_a_non_class_sqlite3_factory_prints_one_line() -> None:
+    """A sqlite3 factory that is not a class connects uncounted, with one line on stderr."""
+    code = (
+        "import sqlite3, querymeter, querymeter.dbapi\n"
+        "querymeter.dbapi.instrument(sqlite3)\n"
+        "def factory(*args, **kwargs):\n"
+        "    return sqlite3.Connection(*args, **kwargs)\n"
+        "for _ in range(3):\n"
+        "    assert sqlite3.connect(':memory:', factory=factory).execute('SELECT 1')\n"
+    )
+    result = _run(code)
+    assert result.stderr.splitlines() == [
+        "querymeter fault: sqlite3: a connection factory that is not a Connection subclass "
+        "(the application is unaffected; further faults of this cause are counted, not logged)"
+    ]
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+        cwd=Path(__file__).parents[1],
+    )
 
 
 def test_report_never_raises_even_if_logging_fails(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,6 +192,22 @@ def test_report_never_raises_even_if_logging_fails(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(_faults._logger, "warning", broken_warning)
     _faults.report("test cause with broken logging")
     assert querymeter.faults()["test cause with broken logging"] == 1
+
+
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit], ids=["ctrl-c", "exit"])
+def test_report_never_swallows_a_keyboard_interrupt_or_system_exit(
+    monkeypatch: pytest.MonkeyPatch, interrupt: type[BaseException]
+) -> None:
+    """A KeyboardInterrupt or SystemExit raised while a fault is logged reaches the application."""
+    cause = f"test cause interrupted by {interrupt.__name__}"
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise interrupt
+
+    monkeypatch.setattr(_faults._logger, "warning", interrupted)
+    with pytest.raises(interrupt):
+        _faults.report(cause)
+    assert querymeter.faults()[cause] == 1
 
 
 def test_the_cause_table_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
