@@ -1,14 +1,20 @@
 /* querymeter._core: the counters in C, the hot path of every query.
 
    Only what runs per query lives here: begin/end accounting, the consistent
-   read, the `with` tracker and the call wrapper that the hooks install.  All API
-   logic is Python; _core_py.py is the twin that must behave identically.
+   read, and the shapes the hooks compose so that every begin is paired with
+   its end inside C (a call wrapper, a one-off call, a `with` tracker, an
+   awaitable, an iterator, an async iterator, and occupancy counters for
+   connection pools).  All API logic is Python; _core_py.py is the twin that
+   must behave identically.
 
    Thread safety: every critical section runs with the GIL held and makes no
    call into Python between reading the clock and updating the counters, so it
-   is atomic with respect to every other thread.  The module does not declare
-   free-threading support (no Py_mod_gil slot), so a free-threaded interpreter
-   turns the GIL back on when it imports it. */
+   is atomic with respect to every other thread.  For the same reason an
+   exception raised asynchronously (a signal handler's KeyboardInterrupt,
+   PyThreadState_SetAsyncExc) can never fall between a begin and its end:
+   such exceptions are only raised while Python bytecode runs.  The module
+   does not declare free-threading support (no Py_mod_gil slot), so a
+   free-threaded interpreter turns the GIL back on when it imports it. */
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -23,11 +29,18 @@
 
 typedef unsigned __int128 qm_u128;
 
+/* A clock reading that failed: no time passes (it is clamped to the stamp). */
+#define QM_NO_READING INT64_MIN
+
 /* The counter state.  A plain fixed-layout struct without Python objects, so
-   that it can later live in shared memory and be updated with C11 atomics. */
+   that it can later live in shared memory and be updated with C11 atomics.
+   Differences of readings are taken in unsigned 64-bit arithmetic: a later
+   reading is never below the stamp, so the difference is exact even for a
+   clock whose readings span more than 2^63 ns. */
 typedef struct {
     int64_t start_ns;     /* clock reading when the meter started */
     int64_t stamp_ns;     /* last clock reading that advanced busy/total */
+    int64_t started;      /* 0 until a first good reading (a failing clock) */
     int64_t concurrency;  /* queries executing now */
     uint64_t queries;     /* completed queries */
     uint64_t errors;      /* of those, the ones that raised */
@@ -41,6 +54,11 @@ typedef struct {
     PyTypeObject *token_type;
     PyTypeObject *tracker_type;
     PyTypeObject *timed_type;
+    PyTypeObject *awaiting_type;
+    PyTypeObject *iterating_type;
+    PyTypeObject *async_iterating_type;
+    PyTypeObject *occupancies_type;
+    PyTypeObject *occupancy_timed_type;
 } module_state;
 
 typedef struct {
@@ -70,7 +88,8 @@ typedef struct {
     MeterObject *meter;
     int64_t start_ns;
     uint64_t epoch;
-    int64_t elapsed_ns;  /* -1 until a block has ended */
+    uint64_t elapsed_ns;
+    int has_elapsed;  /* whether a block has ended */
     int entered;
 } TrackerObject;
 
@@ -145,20 +164,55 @@ report_fault(const char *cause, PyObject *exc)
     Py_XDECREF(res);
 }
 
-/* The reading of an injected clock.  A clock that raises or returns something
-   other than an int that fits in 64 bits is a fault: the reading counts as "no
-   time passed" (INT64_MIN, which the caller clamps to the stamp), so the
-   counters stay consistent and nothing is raised.  Preserves an exception that
+/* Sets the exception (type, value, tb) as the current one, with `pending`
+   (an exception that was already in flight, or NULL) as its context.  Steals
+   every reference. */
+static void
+raise_with_context(PyObject *type, PyObject *value, PyObject *tb,
+                   PyObject *pending_type, PyObject *pending_value, PyObject *pending_tb)
+{
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    if (pending_type != NULL && value != NULL) {
+        PyErr_NormalizeException(&pending_type, &pending_value, &pending_tb);
+        if (pending_tb != NULL && pending_value != NULL) {
+            PyException_SetTraceback(pending_value, pending_tb);
+        }
+        if (pending_value != NULL && pending_value != value) {
+            PyException_SetContext(value, Py_NewRef(pending_value));
+        }
+    }
+    Py_XDECREF(pending_type);
+    Py_XDECREF(pending_value);
+    Py_XDECREF(pending_tb);
+    PyErr_Restore(type, value, tb);
+}
+
+/* The reading of an injected clock.  A clock that raises an Exception or
+   returns something other than an int that fits in 64 bits is a fault: the
+   reading is QM_NO_READING (no time passes), and nothing is raised.  A clock
+   that raises anything else (KeyboardInterrupt, SystemExit) is interrupted:
+   *interrupted is set and that exception is left set, for the caller to
+   propagate once its counters are consistent.  Preserves an exception that
    is already set: end() runs while the driver's exception is in flight. */
 static int64_t
-user_clock_ns(PyObject *clock)
+user_clock_ns(PyObject *clock, int *interrupted)
 {
     PyObject *pending_type, *pending_value, *pending_tb;
     PyErr_Fetch(&pending_type, &pending_value, &pending_tb);
 
-    int64_t now = INT64_MIN;
+    int64_t now = QM_NO_READING;
     PyObject *reading = PyObject_CallNoArgs(clock);
     if (reading == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            *interrupted = 1;
+            PyObject *type, *value, *tb;
+            PyErr_Fetch(&type, &value, &tb);
+            raise_with_context(type, value, tb, pending_type, pending_value, pending_tb);
+            return QM_NO_READING;
+        }
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         PyErr_NormalizeException(&type, &value, &tb);
@@ -196,51 +250,68 @@ user_clock_ns(PyObject *clock)
 /* A reading of the meter's clock.  May run Python code (an injected clock), so
    it is always taken before a critical section, never inside one. */
 static inline int64_t
-meter_clock(MeterObject *m)
+meter_clock(MeterObject *m, int *interrupted)
 {
     if (m->clock == NULL) {
         return monotonic_ns();
     }
-    return user_clock_ns(m->clock);
+    return user_clock_ns(m->clock, interrupted);
 }
 
 /* ------------------------------------------------------- the accounting */
 
-/* Clamps a reading to the stamp: readings taken in different threads (or from
-   an injected clock) can arrive out of order, and time must not run back. */
+/* The reading to use: clamped to the stamp (readings taken in different
+   threads, or from an injected clock, can arrive out of order, and time must
+   not run back), and starting a meter whose clock failed until now. */
 static inline int64_t
-clamp_to_stamp(qm_counters *c, int64_t now)
+settle(qm_counters *c, int64_t now)
 {
+    if (!c->started) {
+        if (now == QM_NO_READING) {
+            return c->stamp_ns;
+        }
+        c->started = 1;
+        c->start_ns = now;
+        c->stamp_ns = now;
+        return now;
+    }
     return now < c->stamp_ns ? c->stamp_ns : now;
 }
 
-/* Brings busy and total up to `now` (already clamped). */
+/* Brings busy and total up to `now` (settled) and commits it as the stamp. */
 static inline void
 advance(qm_counters *c, int64_t now)
 {
     if (c->concurrency > 0) {
-        uint64_t dt = (uint64_t)(now - c->stamp_ns);
+        uint64_t dt = (uint64_t)now - (uint64_t)c->stamp_ns;
         c->busy_ns += dt;
         c->total_ns += (qm_u128)dt * (uint64_t)c->concurrency;
     }
     c->stamp_ns = now;
 }
 
+/* Elapsed ns from `start` to `now`; 0 if `now` is not later. */
+static inline uint64_t
+elapsed_since(int64_t now, int64_t start)
+{
+    return now > start ? (uint64_t)now - (uint64_t)start : 0;
+}
+
 /* Starts a query; returns its start time.  Critical section: no Python. */
 static inline int64_t
 counters_begin(qm_counters *c, int64_t now)
 {
-    now = clamp_to_stamp(c, now);
+    now = settle(c, now);
     advance(c, now);
     c->concurrency += 1;
     return now;
 }
 
 /* Ends a query that began at `start`; returns its elapsed time. */
-static inline int64_t
+static inline uint64_t
 counters_end(qm_counters *c, int64_t now, int64_t start, int error)
 {
-    now = clamp_to_stamp(c, now);
+    now = settle(c, now);
     advance(c, now);
     /* Never below zero, whatever a caller did; validated tokens make this
        unreachable, the check keeps it so. */
@@ -251,23 +322,55 @@ counters_end(qm_counters *c, int64_t now, int64_t start, int error)
     if (error) {
         c->errors += 1;
     }
-    return now > start ? now - start : 0;
+    return elapsed_since(now, start);
 }
 
 static void
 counters_start(qm_counters *c, int64_t now)
 {
     memset(c, 0, sizeof(*c));
-    c->start_ns = now;
-    c->stamp_ns = now;
+    if (now != QM_NO_READING) {
+        c->started = 1;
+        c->start_ns = now;
+        c->stamp_ns = now;
+    }
 }
 
-/* Elapsed time of a query whose meter was reset (fork) while it ran: the
-   counters of the new epoch never saw it begin, so it must not end there. */
-static inline int64_t
-elapsed_since(int64_t now, int64_t start)
+/* One query of meter `m`, begun: its start and epoch.  -1, with the
+   exception set, when the clock was interrupted: nothing was begun. */
+static inline int
+query_begin(MeterObject *m, int64_t *start, uint64_t *epoch)
 {
-    return now > start ? now - start : 0;
+    int interrupted = 0;
+    int64_t now = meter_clock(m, &interrupted);
+    if (interrupted) {
+        return -1;
+    }
+    *start = counters_begin(&m->c, now);
+    *epoch = m->epoch;
+    return 0;
+}
+
+/* Ends a query begun by query_begin; *elapsed (if given) gets its time.  A
+   query whose meter was reset (fork) while it ran is not ended there: the new
+   epoch never saw it begin.  -1, with the exception set, when the clock was
+   interrupted: the query has ended all the same. */
+static inline int
+query_end(MeterObject *m, int64_t start, uint64_t epoch, int error, uint64_t *elapsed)
+{
+    int interrupted = 0;
+    int64_t now = meter_clock(m, &interrupted);
+    uint64_t took;
+    if (epoch == m->epoch) {
+        took = counters_end(&m->c, now, start, error);
+    }
+    else {
+        took = elapsed_since(now, start);
+    }
+    if (elapsed != NULL) {
+        *elapsed = took;
+    }
+    return interrupted ? -1 : 0;
 }
 
 static PyObject *
@@ -351,8 +454,10 @@ meter_init(MeterObject *self, PyObject *args, PyObject *kwargs)
     self->initialized = 1;
     self->meter_id = (uint64_t)meter_id;
     Py_XSETREF(self->clock, clock == Py_None ? NULL : Py_NewRef(clock));
-    counters_start(&self->c, meter_clock(self));
-    return 0;
+    int interrupted = 0;
+    int64_t now = meter_clock(self, &interrupted);
+    counters_start(&self->c, now);
+    return interrupted ? -1 : 0;
 }
 
 static int
@@ -394,11 +499,14 @@ meter_begin(MeterObject *self, PyObject *Py_UNUSED(ignored))
     if (token == NULL) {
         return NULL;
     }
-    int64_t now = meter_clock(self);
-    token->start_ns = counters_begin(&self->c, now);
     token->serial = self->serial;
-    token->epoch = self->epoch;
     token->ended = 0;
+    if (query_begin(self, &token->start_ns, &token->epoch) < 0) {
+        /* Nothing begun: the token must not be endable. */
+        token->ended = 1;
+        Py_DECREF(token);
+        return NULL;
+    }
     return (PyObject *)token;
 }
 
@@ -456,15 +564,11 @@ meter_end(MeterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     /* Mark it before reading the clock: an injected clock runs Python code, so
        another thread could try to end the same token meanwhile. */
     token->ended = 1;
-    int64_t now = meter_clock(self);
-    int64_t elapsed;
-    if (token->epoch == self->epoch) {
-        elapsed = counters_end(&self->c, now, token->start_ns, error);
+    uint64_t elapsed = 0;
+    if (query_end(self, token->start_ns, token->epoch, error, &elapsed) < 0) {
+        return NULL;
     }
-    else {
-        elapsed = elapsed_since(now, token->start_ns);
-    }
-    return PyLong_FromLongLong(elapsed);
+    return PyLong_FromUnsignedLongLong(elapsed);
 }
 
 /* _read(cls): every counter at one instant and the meter's identity, as an
@@ -480,19 +584,21 @@ meter_read(MeterObject *self, PyObject *cls_obj)
         return NULL;
     }
 
-    int64_t now = meter_clock(self);
-    /* The critical section: catch up to `now` exactly as begin would, on
-       copies, without changing the state. */
+    int interrupted = 0;
+    int64_t now = meter_clock(self, &interrupted);
+    if (interrupted) {
+        return NULL;
+    }
+    /* The critical section: catch up to `now` exactly as begin would, and
+       commit it, as /proc/diskstats does on every read: a reading taken before
+       this one but applied after it can then never hand back time reported
+       here, and the counters stay monotonic. */
     qm_counters *c = &self->c;
-    now = clamp_to_stamp(c, now);
-    uint64_t dt = (uint64_t)(now - c->stamp_ns);
+    now = settle(c, now);
+    advance(c, now);
+    uint64_t uptime = (uint64_t)now - (uint64_t)c->start_ns;
     uint64_t busy = c->busy_ns;
     qm_u128 total = c->total_ns;
-    if (c->concurrency > 0) {
-        busy += dt;
-        total += (qm_u128)dt * (uint64_t)c->concurrency;
-    }
-    int64_t uptime = now - c->start_ns;
     uint64_t queries = c->queries;
     uint64_t errors = c->errors;
     int64_t concurrency = c->concurrency;
@@ -501,7 +607,7 @@ meter_read(MeterObject *self, PyObject *cls_obj)
     /* End of the critical section: only now build Python objects. */
 
     PyObject *items[8] = {
-        PyLong_FromLongLong(uptime),
+        PyLong_FromUnsignedLongLong(uptime),
         PyLong_FromUnsignedLongLong(queries),
         PyLong_FromUnsignedLongLong(errors),
         PyLong_FromLongLong(concurrency),
@@ -541,10 +647,14 @@ meter_reset(MeterObject *self, PyObject *meter_id_obj)
     if (meter_id == (unsigned long long)-1 && PyErr_Occurred()) {
         return NULL;
     }
-    int64_t now = meter_clock(self);
+    int interrupted = 0;
+    int64_t now = meter_clock(self, &interrupted);
     counters_start(&self->c, now);
     self->epoch += 1;
     self->meter_id = (uint64_t)meter_id;
+    if (interrupted) {
+        return NULL;
+    }
     Py_RETURN_NONE;
 }
 
@@ -570,7 +680,8 @@ meter_track(MeterObject *self, PyObject *Py_UNUSED(ignored))
     tracker->meter = (MeterObject *)Py_NewRef(self);
     tracker->start_ns = 0;
     tracker->epoch = 0;
-    tracker->elapsed_ns = -1;
+    tracker->elapsed_ns = 0;
+    tracker->has_elapsed = 0;
     tracker->entered = 0;
     PyObject_GC_Track(tracker);
     return (PyObject *)tracker;
@@ -601,6 +712,33 @@ meter_timed(MeterObject *self, PyObject *func)
     return (PyObject *)timed;
 }
 
+/* _call(func, /, *args, **kwargs): one call, counted as one query.  For hooks
+   that learn the meter only at call time (looked up per connection). */
+static PyObject *
+meter_call(MeterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (nargs < 1) {
+        PyErr_SetString(PyExc_TypeError, "_call() missing required argument 'func'");
+        return NULL;
+    }
+    int64_t start;
+    uint64_t epoch;
+    if (query_begin(self, &start, &epoch) < 0) {
+        return NULL;
+    }
+    PyObject *result = PyObject_Vectorcall(args[0], args + 1, (size_t)(nargs - 1), kwnames);
+    if (query_end(self, start, epoch, result == NULL, NULL) < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+static PyObject *meter_awaiting(MeterObject *self, PyObject *awaitable);
+static PyObject *meter_iterating(MeterObject *self, PyObject *iterable);
+static PyObject *meter_async_iterating(MeterObject *self, PyObject *iterator);
+static PyObject *meter_occupancies(MeterObject *self, PyObject *count);
+
 static PyMethodDef meter_methods[] = {
     {"begin", (PyCFunction)meter_begin, METH_NOARGS,
      PyDoc_STR("begin() -> token\n\nStart a query; pass the token to end().")},
@@ -611,6 +749,21 @@ static PyMethodDef meter_methods[] = {
      PyDoc_STR("track() -> context manager counting its block as one query.")},
     {"_timed", (PyCFunction)meter_timed, METH_O,
      PyDoc_STR("_timed(func) -> callable counting each call of func as one query.")},
+    {"_call", (PyCFunction)(void (*)(void))meter_call, METH_FASTCALL | METH_KEYWORDS,
+     PyDoc_STR("_call(func, /, *args, **kwargs) -> result\n\n"
+               "Call func(*args, **kwargs), counted as one query.")},
+    {"_awaiting", (PyCFunction)meter_awaiting, METH_O,
+     PyDoc_STR("_awaiting(awaitable) -> awaitable counted as one query from its first step "
+               "to its end.")},
+    {"_iterating", (PyCFunction)meter_iterating, METH_O,
+     PyDoc_STR("_iterating(iterator) -> iterator counted as one query from the first item "
+               "to its end.")},
+    {"_async_iterating", (PyCFunction)meter_async_iterating, METH_O,
+     PyDoc_STR("_async_iterating(iterator) -> async iterator counted as one query, first "
+               "item to end.")},
+    {"_occupancies", (PyCFunction)meter_occupancies, METH_O,
+     PyDoc_STR("_occupancies(count) -> Occupancies: `count` occupancy counters on this "
+               "meter's clock.")},
     {"_read", (PyCFunction)meter_read, METH_O,
      PyDoc_STR("_read(cls) -> cls((uptime_ns, queries, errors, concurrency, "
                "total_ns, busy_ns, wall_ns, meter_id))")},
@@ -719,10 +872,11 @@ tracker_enter(TrackerObject *self, PyObject *Py_UNUSED(ignored))
     }
     /* State changes before the clock runs, as in end(). */
     self->entered = 1;
-    self->elapsed_ns = -1;
-    int64_t now = meter_clock(m);
-    self->start_ns = counters_begin(&m->c, now);
-    self->epoch = m->epoch;
+    self->has_elapsed = 0;
+    if (query_begin(m, &self->start_ns, &self->epoch) < 0) {
+        self->entered = 0;
+        return NULL;
+    }
     return Py_NewRef(self);
 }
 
@@ -740,16 +894,11 @@ tracker_exit(TrackerObject *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     int error = args[0] != Py_None;
-    MeterObject *m = self->meter;
-    int64_t start = self->start_ns;
-    uint64_t epoch = self->epoch;
     self->entered = 0;
-    int64_t now = meter_clock(m);
-    if (epoch == m->epoch) {
-        self->elapsed_ns = counters_end(&m->c, now, start, error);
-    }
-    else {
-        self->elapsed_ns = elapsed_since(now, start);
+    int status = query_end(self->meter, self->start_ns, self->epoch, error, &self->elapsed_ns);
+    self->has_elapsed = 1;
+    if (status < 0) {
+        return NULL;
     }
     /* Never suppress the block's exception. */
     Py_RETURN_FALSE;
@@ -758,10 +907,10 @@ tracker_exit(TrackerObject *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 tracker_get_elapsed(TrackerObject *self, void *Py_UNUSED(closure))
 {
-    if (self->elapsed_ns < 0) {
+    if (!self->has_elapsed) {
         Py_RETURN_NONE;
     }
-    return PyLong_FromLongLong(self->elapsed_ns);
+    return PyLong_FromUnsignedLongLong(self->elapsed_ns);
 }
 
 static PyMethodDef tracker_methods[] = {
@@ -805,8 +954,11 @@ timed_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
 {
     TimedObject *self = (TimedObject *)op;
     MeterObject *m = self->meter;
-    int64_t start = counters_begin(&m->c, meter_clock(m));
-    uint64_t epoch = m->epoch;
+    int64_t start;
+    uint64_t epoch;
+    if (query_begin(m, &start, &epoch) < 0) {
+        return NULL;
+    }
 
     PyObject *result;
     if (self->func_vectorcall != NULL) {
@@ -816,9 +968,9 @@ timed_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         result = PyObject_Vectorcall(self->func, args, nargsf, kwnames);
     }
 
-    int64_t now = meter_clock(m);
-    if (epoch == m->epoch) {
-        counters_end(&m->c, now, start, result == NULL);
+    if (query_end(m, start, epoch, result == NULL, NULL) < 0) {
+        Py_XDECREF(result);
+        return NULL;
     }
     return result;
 }
@@ -903,6 +1055,1314 @@ static PyType_Spec timed_spec = {
     .slots = timed_slots,
 };
 
+/* ------------------------------------------------------ shapes: helpers */
+
+enum { NOT_STARTED = 0, RUNNING = 1, DONE = 2 };
+
+static module_state *
+state_of_meter(MeterObject *m)
+{
+    PyObject *module = PyType_GetModuleByDef(Py_TYPE(m), &core_module);
+    return module == NULL ? NULL : (module_state *)PyModule_GetState(module);
+}
+
+/* An attribute that may be missing: NULL without an exception if it is. */
+static PyObject *
+optional_attribute(PyObject *obj, const char *name)
+{
+    PyObject *value = PyObject_GetAttrString(obj, name);
+    if (value == NULL && PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        PyErr_Clear();
+    }
+    return value;
+}
+
+/* Raises what throw(typ, val, tb) was given, as a generator would. */
+static void
+raise_given(PyObject *typ, PyObject *val, PyObject *tb)
+{
+    PyObject *type, *value;
+    if (PyExceptionInstance_Check(typ)) {
+        type = Py_NewRef((PyObject *)Py_TYPE(typ));
+        value = Py_NewRef(typ);
+    }
+    else if (PyExceptionClass_Check(typ)) {
+        type = Py_NewRef(typ);
+        value = Py_XNewRef(val == Py_None ? NULL : val);
+    }
+    else {
+        PyErr_SetString(PyExc_TypeError,
+                        "exceptions must be classes or instances deriving from BaseException");
+        return;
+    }
+    PyObject *traceback = (tb == NULL || tb == Py_None) ? NULL : Py_NewRef(tb);
+    PyErr_NormalizeException(&type, &value, &traceback);
+    if (traceback != NULL && value != NULL) {
+        PyException_SetTraceback(value, traceback);
+    }
+    PyErr_Restore(type, value, traceback);
+}
+
+/* Sets StopIteration carrying `value` (which may itself be a tuple or an
+   exception: always wrapped, as a generator's return value is). */
+static void
+set_stop_iteration(PyObject *value)
+{
+    if (value == Py_None) {
+        PyErr_SetNone(PyExc_StopIteration);
+        return;
+    }
+    PyObject *exc = PyObject_CallOneArg(PyExc_StopIteration, value);
+    if (exc != NULL) {
+        PyErr_SetObject(PyExc_StopIteration, exc);
+        Py_DECREF(exc);
+    }
+}
+
+/* What `await awaitable` iterates. */
+static PyObject *
+await_iterator(PyObject *awaitable)
+{
+    if (PyCoro_CheckExact(awaitable)) {
+        return Py_NewRef(awaitable);
+    }
+    if (PyGen_CheckExact(awaitable)) {
+        /* A generator-based coroutine (types.coroutine) is awaited as itself. */
+        PyObject *code = optional_attribute(awaitable, "gi_code");
+        int iterable = code != NULL && PyCode_Check(code)
+                       && (((PyCodeObject *)code)->co_flags & CO_ITERABLE_COROUTINE);
+        Py_XDECREF(code);
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        if (iterable) {
+            return Py_NewRef(awaitable);
+        }
+    }
+    PyAsyncMethods *am = Py_TYPE(awaitable)->tp_as_async;
+    if (am == NULL || am->am_await == NULL) {
+        PyErr_Format(PyExc_TypeError, "object %.100s can't be used in 'await' expression",
+                     Py_TYPE(awaitable)->tp_name);
+        return NULL;
+    }
+    PyObject *iterator = am->am_await(awaitable);
+    if (iterator != NULL && !PyIter_Check(iterator)) {
+        PyErr_Format(PyExc_TypeError, "__await__() returned non-iterator of type '%.100s'",
+                     Py_TYPE(iterator)->tp_name);
+        Py_CLEAR(iterator);
+    }
+    return iterator;
+}
+
+/* ------------------------------------------------------------- Awaiting */
+
+/* What an Awaiting does.  QUERY: counted as one query from its first step to
+   its end.  STEP: one __anext__ of an AsyncIterating, whose end of iteration
+   (StopAsyncIteration) or error ends the owner's query.  STOP and NONE: an
+   awaitable that raises StopAsyncIteration, or returns None, at once. */
+enum { MODE_QUERY = 0, MODE_STEP = 1, MODE_STOP = 2, MODE_NONE = 3 };
+
+typedef struct AsyncIteratingObject AsyncIteratingObject;
+
+typedef struct {
+    PyObject_HEAD
+    MeterObject *meter;
+    PyObject *awaitable;              /* what was given */
+    PyObject *iterator;               /* what the await iterates, from the first step */
+    AsyncIteratingObject *owner;      /* MODE_STEP only */
+    int mode;
+    int state;
+    int64_t start_ns;
+    uint64_t epoch;
+} AwaitingObject;
+
+struct AsyncIteratingObject {
+    PyObject_HEAD
+    MeterObject *meter;
+    PyObject *iterator;
+    PyTypeObject *awaiting_type;
+    int state;
+    int64_t start_ns;
+    uint64_t epoch;
+};
+
+/* Ends the owner's query; -1 if the clock was interrupted (exception set). */
+static int
+async_iterating_finish(AsyncIteratingObject *self, int error)
+{
+    int running = self->state == RUNNING;
+    self->state = DONE;
+    if (running) {
+        return query_end(self->meter, self->start_ns, self->epoch, error, NULL);
+    }
+    return 0;
+}
+
+/* Takes the first step's state change: the iterator, the begin.  0 to go
+   on; 1 when the result is already known (MODE_NONE: *result is None);
+   -1 with an exception set. */
+static int
+awaiting_start(AwaitingObject *self, PyObject **result)
+{
+    if (self->state == RUNNING) {
+        return 0;
+    }
+    if (self->state == DONE) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "cannot reuse an awaitable that querymeter has counted");
+        return -1;
+    }
+    if (self->mode == MODE_STOP) {
+        self->state = DONE;
+        PyErr_SetNone(PyExc_StopAsyncIteration);
+        return -1;
+    }
+    if (self->mode == MODE_NONE) {
+        self->state = DONE;
+        *result = Py_NewRef(Py_None);
+        return 1;
+    }
+    PyObject *iterator = await_iterator(self->awaitable);
+    if (iterator == NULL) {
+        self->state = DONE;
+        return -1;
+    }
+    if (self->mode == MODE_QUERY) {
+        if (query_begin(self->meter, &self->start_ns, &self->epoch) < 0) {
+            Py_DECREF(iterator);
+            return -1;
+        }
+    }
+    else {
+        AsyncIteratingObject *owner = self->owner;
+        if (owner->state == NOT_STARTED) {
+            if (query_begin(owner->meter, &owner->start_ns, &owner->epoch) < 0) {
+                Py_DECREF(iterator);
+                return -1;
+            }
+            owner->state = RUNNING;
+        }
+    }
+    Py_XSETREF(self->iterator, iterator);
+    self->state = RUNNING;
+    return 0;
+}
+
+/* After a step that raised (exception set) or returned (finished = 1, the
+   awaitable's own return): ends what must end.  -1 if the clock was
+   interrupted (its exception replaces the step's). */
+static int
+awaiting_finish(AwaitingObject *self, int raised)
+{
+    int running = self->state == RUNNING;
+    self->state = DONE;
+    if (!running) {
+        return 0;
+    }
+    if (self->mode == MODE_QUERY) {
+        return query_end(self->meter, self->start_ns, self->epoch, raised, NULL);
+    }
+    if (!raised) {
+        /* One item of the iteration: the query goes on. */
+        return 0;
+    }
+    int stopped = PyErr_ExceptionMatches(PyExc_StopAsyncIteration);
+    return async_iterating_finish(self->owner, !stopped);
+}
+
+static PySendResult
+awaiting_am_send(PyObject *op, PyObject *value, PyObject **result)
+{
+    AwaitingObject *self = (AwaitingObject *)op;
+    *result = NULL;
+    int started = awaiting_start(self, result);
+    if (started < 0) {
+        return PYGEN_ERROR;
+    }
+    if (started > 0) {
+        return PYGEN_RETURN;
+    }
+    PySendResult status = PyIter_Send(self->iterator, value, result);
+    if (status == PYGEN_NEXT) {
+        return status;
+    }
+    if (awaiting_finish(self, status == PYGEN_ERROR) < 0) {
+        Py_CLEAR(*result);
+        return PYGEN_ERROR;
+    }
+    return status;
+}
+
+static PyObject *
+awaiting_send(PyObject *op, PyObject *value)
+{
+    PyObject *result;
+    PySendResult status = awaiting_am_send(op, value, &result);
+    if (status == PYGEN_RETURN) {
+        set_stop_iteration(result);
+        Py_DECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+static PyObject *
+awaiting_iternext(PyObject *op)
+{
+    return awaiting_send(op, Py_None);
+}
+
+static PyObject *
+awaiting_throw(AwaitingObject *self, PyObject *args)
+{
+    PyObject *typ, *val = NULL, *tb = NULL;
+    if (!PyArg_UnpackTuple(args, "throw", 1, 3, &typ, &val, &tb)) {
+        return NULL;
+    }
+    if (self->state == DONE || self->mode == MODE_STOP || self->mode == MODE_NONE) {
+        self->state = DONE;
+        raise_given(typ, val, tb);
+        return NULL;
+    }
+    PyObject *ignored = NULL;
+    if (awaiting_start(self, &ignored) < 0) {
+        return NULL;
+    }
+    PyObject *throw = optional_attribute(self->iterator, "throw");
+    PyObject *result = NULL;
+    if (throw != NULL) {
+        result = PyObject_Call(throw, args, NULL);
+        Py_DECREF(throw);
+    }
+    else if (!PyErr_Occurred()) {
+        raise_given(typ, val, tb);
+    }
+    if (result != NULL) {
+        return result;
+    }
+    int returned = PyErr_ExceptionMatches(PyExc_StopIteration);
+    awaiting_finish(self, !returned);
+    return NULL;
+}
+
+static PyObject *
+awaiting_close(AwaitingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->state == DONE || self->mode == MODE_STOP || self->mode == MODE_NONE) {
+        self->state = DONE;
+        Py_RETURN_NONE;
+    }
+    PyObject *target = self->state == RUNNING ? self->iterator : self->awaitable;
+    PyObject *close = optional_attribute(target, "close");
+    PyObject *result = NULL;
+    if (close != NULL) {
+        result = PyObject_CallNoArgs(close);
+        Py_DECREF(close);
+    }
+    else if (!PyErr_Occurred()) {
+        result = Py_NewRef(Py_None);
+    }
+    /* Closed before its end: the query ended without a result, an error. */
+    int running = self->state == RUNNING;
+    self->state = DONE;
+    int status = 0;
+    if (running) {
+        if (self->mode == MODE_QUERY) {
+            status = query_end(self->meter, self->start_ns, self->epoch, 1, NULL);
+        }
+        else {
+            status = async_iterating_finish(self->owner, 1);
+        }
+    }
+    if (status < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+static PyObject *
+awaiting_await(PyObject *self)
+{
+    return Py_NewRef(self);
+}
+
+static int
+awaiting_traverse(AwaitingObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->meter);
+    Py_VISIT(self->awaitable);
+    Py_VISIT(self->iterator);
+    Py_VISIT(self->owner);
+    return 0;
+}
+
+static int
+awaiting_clear(AwaitingObject *self)
+{
+    Py_CLEAR(self->meter);
+    Py_CLEAR(self->awaitable);
+    Py_CLEAR(self->iterator);
+    Py_CLEAR(self->owner);
+    return 0;
+}
+
+static void
+awaiting_dealloc(AwaitingObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    /* Collected mid-way: the query ended without a result, an error (a
+       step's owner ends by itself, when it goes). */
+    if (self->state == RUNNING && self->mode == MODE_QUERY && self->meter != NULL) {
+        self->state = DONE;
+        if (query_end(self->meter, self->start_ns, self->epoch, 1, NULL) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+    }
+    awaiting_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+awaiting_repr(AwaitingObject *self)
+{
+    if (self->awaitable == NULL) {
+        return PyUnicode_FromString("<querymeter awaiting>");
+    }
+    return PyUnicode_FromFormat("<querymeter awaiting %R>", self->awaitable);
+}
+
+static PyObject *
+new_awaiting(PyTypeObject *type, MeterObject *meter, PyObject *awaitable,
+             AsyncIteratingObject *owner, int mode)
+{
+    AwaitingObject *self = PyObject_GC_New(AwaitingObject, type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->meter = (MeterObject *)Py_XNewRef(meter);
+    self->awaitable = Py_XNewRef(awaitable);
+    self->iterator = NULL;
+    self->owner = (AsyncIteratingObject *)Py_XNewRef(owner);
+    self->mode = mode;
+    self->state = NOT_STARTED;
+    self->start_ns = 0;
+    self->epoch = 0;
+    PyObject_GC_Track(self);
+    return (PyObject *)self;
+}
+
+static PyObject *
+meter_awaiting(MeterObject *self, PyObject *awaitable)
+{
+    module_state *state = state_of_meter(self);
+    if (state == NULL) {
+        return NULL;
+    }
+    return new_awaiting(state->awaiting_type, self, awaitable, NULL, MODE_QUERY);
+}
+
+static PyMethodDef awaiting_methods[] = {
+    {"send", (PyCFunction)awaiting_send, METH_O, NULL},
+    {"throw", (PyCFunction)awaiting_throw, METH_VARARGS, NULL},
+    {"close", (PyCFunction)awaiting_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot awaiting_slots[] = {
+    {Py_tp_doc, (void *)PyDoc_STR("An awaitable counted as one query, from its first step until it completes.")},
+    {Py_tp_dealloc, (void *)awaiting_dealloc},
+    {Py_tp_traverse, (void *)awaiting_traverse},
+    {Py_tp_clear, (void *)awaiting_clear},
+    {Py_tp_repr, (void *)awaiting_repr},
+    {Py_tp_iter, (void *)PyObject_SelfIter},
+    {Py_tp_iternext, (void *)awaiting_iternext},
+    {Py_tp_methods, awaiting_methods},
+    {Py_am_await, (void *)awaiting_await},
+    {Py_am_send, (void *)awaiting_am_send},
+    {0, NULL},
+};
+
+static PyType_Spec awaiting_spec = {
+    .name = "querymeter._core.Awaiting",
+    .basicsize = sizeof(AwaitingObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = awaiting_slots,
+};
+
+/* ------------------------------------------------------------ Iterating */
+
+typedef struct {
+    PyObject_HEAD
+    MeterObject *meter;
+    PyObject *iterator;
+    int state;
+    int64_t start_ns;
+    uint64_t epoch;
+} IteratingObject;
+
+/* Exhausted, closed early or collected: not an error; raised: an error. */
+static int
+iterating_finish(IteratingObject *self, int error)
+{
+    int running = self->state == RUNNING;
+    self->state = DONE;
+    if (running) {
+        return query_end(self->meter, self->start_ns, self->epoch, error, NULL);
+    }
+    return 0;
+}
+
+static PyObject *
+iterating_iternext(IteratingObject *self)
+{
+    if (self->state == DONE) {
+        return NULL;
+    }
+    if (self->state == NOT_STARTED) {
+        if (query_begin(self->meter, &self->start_ns, &self->epoch) < 0) {
+            return NULL;
+        }
+        self->state = RUNNING;
+    }
+    PyObject *item = Py_TYPE(self->iterator)->tp_iternext(self->iterator);
+    if (item != NULL) {
+        return item;
+    }
+    int error = 0;
+    if (PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_StopIteration)) {
+            PyErr_Clear();
+        }
+        else {
+            error = 1;
+        }
+    }
+    iterating_finish(self, error);
+    return NULL;
+}
+
+static PyObject *
+iterating_close(IteratingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->state == DONE) {
+        Py_RETURN_NONE;
+    }
+    PyObject *close = optional_attribute(self->iterator, "close");
+    PyObject *result = NULL;
+    if (close != NULL) {
+        result = PyObject_CallNoArgs(close);
+        Py_DECREF(close);
+    }
+    else if (!PyErr_Occurred()) {
+        result = Py_NewRef(Py_None);
+    }
+    if (iterating_finish(self, 0) < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+static int
+iterating_traverse(IteratingObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->meter);
+    Py_VISIT(self->iterator);
+    return 0;
+}
+
+static int
+iterating_clear(IteratingObject *self)
+{
+    Py_CLEAR(self->meter);
+    Py_CLEAR(self->iterator);
+    return 0;
+}
+
+static void
+iterating_dealloc(IteratingObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->state == RUNNING && self->meter != NULL) {
+        if (iterating_finish(self, 0) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+    }
+    iterating_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+meter_iterating(MeterObject *self, PyObject *iterable)
+{
+    module_state *state = state_of_meter(self);
+    if (state == NULL) {
+        return NULL;
+    }
+    PyObject *iterator = PyObject_GetIter(iterable);
+    if (iterator == NULL) {
+        return NULL;
+    }
+    IteratingObject *it = PyObject_GC_New(IteratingObject, state->iterating_type);
+    if (it == NULL) {
+        Py_DECREF(iterator);
+        return NULL;
+    }
+    it->meter = (MeterObject *)Py_NewRef(self);
+    it->iterator = iterator;
+    it->state = NOT_STARTED;
+    it->start_ns = 0;
+    it->epoch = 0;
+    PyObject_GC_Track(it);
+    return (PyObject *)it;
+}
+
+static PyMethodDef iterating_methods[] = {
+    {"close", (PyCFunction)iterating_close, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot iterating_slots[] = {
+    {Py_tp_doc, (void *)PyDoc_STR("An iterator counted as one query, from the first item asked for until its end.")},
+    {Py_tp_dealloc, (void *)iterating_dealloc},
+    {Py_tp_traverse, (void *)iterating_traverse},
+    {Py_tp_clear, (void *)iterating_clear},
+    {Py_tp_iter, (void *)PyObject_SelfIter},
+    {Py_tp_iternext, (void *)iterating_iternext},
+    {Py_tp_methods, iterating_methods},
+    {0, NULL},
+};
+
+static PyType_Spec iterating_spec = {
+    .name = "querymeter._core.Iterating",
+    .basicsize = sizeof(IteratingObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = iterating_slots,
+};
+
+/* ------------------------------------------------------- AsyncIterating */
+
+static PyObject *
+async_iterating_anext(AsyncIteratingObject *self)
+{
+    if (self->state == DONE) {
+        return new_awaiting(self->awaiting_type, self->meter, NULL, NULL, MODE_STOP);
+    }
+    PyAsyncMethods *am = Py_TYPE(self->iterator)->tp_as_async;
+    if (am == NULL || am->am_anext == NULL) {
+        PyErr_Format(PyExc_TypeError, "'%.100s' object is not an async iterator",
+                     Py_TYPE(self->iterator)->tp_name);
+        return NULL;
+    }
+    PyObject *step = am->am_anext(self->iterator);
+    if (step == NULL) {
+        return NULL;
+    }
+    PyObject *result = new_awaiting(self->awaiting_type, self->meter, step, self, MODE_STEP);
+    Py_DECREF(step);
+    return result;
+}
+
+static PyObject *
+async_iterating_aclose(AsyncIteratingObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (self->state == DONE) {
+        return new_awaiting(self->awaiting_type, self->meter, NULL, NULL, MODE_NONE);
+    }
+    /* Closed early: ended, not an error. */
+    if (async_iterating_finish(self, 0) < 0) {
+        return NULL;
+    }
+    PyObject *aclose = optional_attribute(self->iterator, "aclose");
+    if (aclose == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        return new_awaiting(self->awaiting_type, self->meter, NULL, NULL, MODE_NONE);
+    }
+    PyObject *result = PyObject_CallNoArgs(aclose);
+    Py_DECREF(aclose);
+    return result;
+}
+
+static int
+async_iterating_traverse(AsyncIteratingObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->meter);
+    Py_VISIT(self->iterator);
+    return 0;
+}
+
+static int
+async_iterating_clear(AsyncIteratingObject *self)
+{
+    Py_CLEAR(self->meter);
+    Py_CLEAR(self->iterator);
+    return 0;
+}
+
+static void
+async_iterating_dealloc(AsyncIteratingObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->state == RUNNING && self->meter != NULL) {
+        if (async_iterating_finish(self, 0) < 0) {
+            PyErr_WriteUnraisable((PyObject *)self);
+        }
+    }
+    async_iterating_clear(self);
+    Py_CLEAR(self->awaiting_type);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+meter_async_iterating(MeterObject *self, PyObject *iterator)
+{
+    module_state *state = state_of_meter(self);
+    if (state == NULL) {
+        return NULL;
+    }
+    PyAsyncMethods *am = Py_TYPE(iterator)->tp_as_async;
+    if (am == NULL || am->am_anext == NULL) {
+        PyErr_Format(PyExc_TypeError, "'%.100s' object is not an async iterator",
+                     Py_TYPE(iterator)->tp_name);
+        return NULL;
+    }
+    AsyncIteratingObject *it = PyObject_GC_New(AsyncIteratingObject,
+                                               state->async_iterating_type);
+    if (it == NULL) {
+        return NULL;
+    }
+    it->meter = (MeterObject *)Py_NewRef(self);
+    it->iterator = Py_NewRef(iterator);
+    it->awaiting_type = (PyTypeObject *)Py_NewRef(state->awaiting_type);
+    it->state = NOT_STARTED;
+    it->start_ns = 0;
+    it->epoch = 0;
+    PyObject_GC_Track(it);
+    return (PyObject *)it;
+}
+
+static PyMethodDef async_iterating_methods[] = {
+    {"aclose", (PyCFunction)async_iterating_aclose, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot async_iterating_slots[] = {
+    {Py_tp_doc, (void *)PyDoc_STR("An async iterator counted as one query, from the first item asked for until its end.")},
+    {Py_tp_dealloc, (void *)async_iterating_dealloc},
+    {Py_tp_traverse, (void *)async_iterating_traverse},
+    {Py_tp_clear, (void *)async_iterating_clear},
+    {Py_tp_methods, async_iterating_methods},
+    {Py_am_aiter, (void *)PyObject_SelfIter},
+    {Py_am_anext, (void *)async_iterating_anext},
+    {0, NULL},
+};
+
+static PyType_Spec async_iterating_spec = {
+    .name = "querymeter._core.AsyncIterating",
+    .basicsize = sizeof(AsyncIteratingObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = async_iterating_slots,
+};
+
+/* ---------------------------------------------------------- Occupancies */
+
+#define QM_MAX_OCCUPANCIES 64
+
+/* One kind of occupancy (a wait for a connection, a checkout, a connection
+   held): the meter's bookkeeping for queries, applied to something else. */
+typedef struct {
+    int64_t under_way;
+    uint64_t ended;
+    uint64_t failures;
+    uint64_t timeouts;
+    qm_u128 total_ns;
+    int64_t stamp_ns;
+} qm_occupancy;
+
+typedef struct {
+    PyObject_HEAD
+    MeterObject *meter;
+    uint64_t epoch;      /* the meter's epoch they count in: a reset meter resets them */
+    int64_t start_ns;
+    int64_t started;
+    Py_ssize_t count;
+    qm_occupancy slots[QM_MAX_OCCUPANCIES];
+    PyTypeObject *timed_type;
+    PyObject *weakreflist;
+} OccupanciesObject;
+
+typedef struct {
+    PyObject_HEAD
+    OccupanciesObject *occupancies;
+    Py_ssize_t index;
+    PyObject *func;
+    PyObject *timeout;   /* an exception class, or NULL */
+    PyObject *dict;
+    PyObject *weakreflist;
+    vectorcallfunc vectorcall;
+} OccupancyTimedObject;
+
+/* The reading to use, settled; restarts the counters where the meter was
+   reset (fork).  Critical section: no Python. */
+static int64_t
+occupancies_settle(OccupanciesObject *self, int64_t now)
+{
+    if (self->epoch != self->meter->epoch) {
+        self->epoch = self->meter->epoch;
+        self->started = 0;
+        self->start_ns = 0;
+        memset(self->slots, 0, sizeof(self->slots));
+    }
+    if (!self->started) {
+        if (now == QM_NO_READING) {
+            return self->start_ns;
+        }
+        self->started = 1;
+        self->start_ns = now;
+        for (Py_ssize_t i = 0; i < self->count; i++) {
+            self->slots[i].stamp_ns = now;
+        }
+    }
+    return now;
+}
+
+static inline void
+occupancy_advance(qm_occupancy *slot, int64_t now)
+{
+    if (now > slot->stamp_ns) {
+        uint64_t dt = (uint64_t)now - (uint64_t)slot->stamp_ns;
+        slot->total_ns += (qm_u128)dt * (uint64_t)slot->under_way;
+        slot->stamp_ns = now;
+    }
+}
+
+/* One change of slot `index` at `now`.  Critical section: no Python. */
+static void
+occupancies_change(OccupanciesObject *self, Py_ssize_t index, int64_t now, int delta,
+                   int ended, int failed, int timed_out)
+{
+    now = occupancies_settle(self, now);
+    qm_occupancy *slot = &self->slots[index];
+    occupancy_advance(slot, now);
+    if (delta > 0 || slot->under_way > 0) {
+        slot->under_way += delta;
+    }
+    slot->ended += (uint64_t)ended;
+    if (failed) {
+        slot->failures += 1;
+    }
+    if (timed_out) {
+        slot->timeouts += 1;
+    }
+}
+
+static int
+occupancies_index(OccupanciesObject *self, PyObject *index_obj, Py_ssize_t *index)
+{
+    Py_ssize_t index_value = PyLong_Check(index_obj) ? PyLong_AsSsize_t(index_obj) : -1;
+    if (index_value == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    if (!PyLong_Check(index_obj) || index_value < 0 || index_value >= self->count) {
+        PyObject *shown = PyObject_Repr(index_obj);
+        if (shown != NULL) {
+            PyErr_Format(PyExc_IndexError, "occupancy index out of range: %U", shown);
+            Py_DECREF(shown);
+        }
+        return -1;
+    }
+    *index = index_value;
+    return 0;
+}
+
+static PyObject *
+occupancy_timed_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
+                           PyObject *kwnames)
+{
+    OccupancyTimedObject *self = (OccupancyTimedObject *)op;
+    OccupanciesObject *occ = self->occupancies;
+    MeterObject *m = occ->meter;
+    uint64_t epoch = m->epoch;
+    int interrupted = 0;
+    int64_t now = meter_clock(m, &interrupted);
+    if (interrupted) {
+        return NULL;
+    }
+    occupancies_change(occ, self->index, now, 1, 0, 0, 0);
+
+    PyObject *result = PyObject_Vectorcall(self->func, args, nargsf, kwnames);
+
+    int failed = result == NULL;
+    int timed_out = failed && self->timeout != NULL && PyErr_ExceptionMatches(self->timeout);
+    now = meter_clock(m, &interrupted);
+    if (epoch == m->epoch) {
+        occupancies_change(occ, self->index, now, -1, 1, failed, timed_out);
+    }
+    if (interrupted) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+static PyObject *
+occupancy_timed_descr_get(PyObject *self, PyObject *obj, PyObject *Py_UNUSED(type))
+{
+    if (obj == NULL || obj == Py_None) {
+        return Py_NewRef(self);
+    }
+    return PyMethod_New(self, obj);
+}
+
+static int
+occupancy_timed_traverse(OccupancyTimedObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->occupancies);
+    Py_VISIT(self->func);
+    Py_VISIT(self->timeout);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+occupancy_timed_clear(OccupancyTimedObject *self)
+{
+    Py_CLEAR(self->occupancies);
+    Py_CLEAR(self->func);
+    Py_CLEAR(self->timeout);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+occupancy_timed_dealloc(OccupancyTimedObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    occupancy_timed_clear(self);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+static PyGetSetDef occupancy_timed_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyMemberDef occupancy_timed_members[] = {
+    {"__dictoffset__", T_PYSSIZET, offsetof(OccupancyTimedObject, dict), READONLY, NULL},
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(OccupancyTimedObject, weakreflist), READONLY, NULL},
+    {"__vectorcalloffset__", T_PYSSIZET, offsetof(OccupancyTimedObject, vectorcall), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot occupancy_timed_slots[] = {
+    {Py_tp_doc, (void *)PyDoc_STR("A callable counting each call of the function it wraps as one occupancy.")},
+    {Py_tp_dealloc, (void *)occupancy_timed_dealloc},
+    {Py_tp_traverse, (void *)occupancy_timed_traverse},
+    {Py_tp_clear, (void *)occupancy_timed_clear},
+    {Py_tp_call, (void *)PyVectorcall_Call},
+    {Py_tp_descr_get, (void *)occupancy_timed_descr_get},
+    {Py_tp_getset, occupancy_timed_getset},
+    {Py_tp_members, occupancy_timed_members},
+    {0, NULL},
+};
+
+static PyType_Spec occupancy_timed_spec = {
+    .name = "querymeter._core.OccupancyTimed",
+    .basicsize = sizeof(OccupancyTimedObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+             | Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = occupancy_timed_slots,
+};
+
+static PyObject *
+occupancies_timed(OccupanciesObject *self, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"index", "func", "timeout", NULL};
+    PyObject *index_obj, *func, *timeout = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OO|O:_timed", kwlist, &index_obj, &func,
+                                     &timeout)) {
+        return NULL;
+    }
+    Py_ssize_t index;
+    if (occupancies_index(self, index_obj, &index) < 0) {
+        return NULL;
+    }
+    if (!PyCallable_Check(func)) {
+        PyErr_Format(PyExc_TypeError, "cannot time %.200s: it is not callable",
+                     Py_TYPE(func)->tp_name);
+        return NULL;
+    }
+    if (timeout != Py_None && !PyExceptionClass_Check(timeout)) {
+        PyErr_SetString(PyExc_TypeError, "timeout must be an exception class or None");
+        return NULL;
+    }
+    OccupancyTimedObject *timed = PyObject_GC_New(OccupancyTimedObject, self->timed_type);
+    if (timed == NULL) {
+        return NULL;
+    }
+    timed->occupancies = (OccupanciesObject *)Py_NewRef(self);
+    timed->index = index;
+    timed->func = Py_NewRef(func);
+    timed->timeout = timeout == Py_None ? NULL : Py_NewRef(timeout);
+    timed->dict = NULL;
+    timed->weakreflist = NULL;
+    timed->vectorcall = occupancy_timed_vectorcall;
+    PyObject_GC_Track(timed);
+    return (PyObject *)timed;
+}
+
+/* Whether weak reference `ref` is alive and refers to `obj` (obj NULL: whether it is dead). */
+static int
+weakref_refers_to(PyObject *ref, PyObject *obj)
+{
+    if (!PyWeakref_Check(ref)) {
+        return 0;
+    }
+#if PY_VERSION_HEX >= 0x030D0000
+    PyObject *target = NULL;
+    if (PyWeakref_GetRef(ref, &target) < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    int same = obj == NULL ? target == NULL : target == obj;
+    Py_XDECREF(target);
+    return same;
+#else
+    PyObject *target = PyWeakref_GET_OBJECT(ref);
+    return obj == NULL ? target == Py_None : target == obj;
+#endif
+}
+
+static PyObject *
+occupancies_hold(OccupanciesObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "_hold() takes exactly 4 arguments (index, records, key, record)");
+        return NULL;
+    }
+    Py_ssize_t index;
+    if (occupancies_index(self, args[0], &index) < 0) {
+        return NULL;
+    }
+    PyObject *records = args[1], *key = args[2], *record = args[3];
+    if (!PyDict_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "records must be a dict");
+        return NULL;
+    }
+    /* Allocated first: the critical section below allocates nothing. */
+    PyObject *ref = PyWeakref_NewRef(record, NULL);
+    if (ref == NULL) {
+        return NULL;
+    }
+    int interrupted = 0;
+    int64_t now = meter_clock(self->meter, &interrupted);
+    if (interrupted) {
+        Py_DECREF(ref);
+        return NULL;
+    }
+    PyObject *known = PyDict_GetItemWithError(records, key);
+    if (known == NULL && PyErr_Occurred()) {
+        Py_DECREF(ref);
+        return NULL;
+    }
+    if (known != NULL && weakref_refers_to(known, record)) {
+        Py_DECREF(ref);
+        Py_RETURN_FALSE;
+    }
+    int lost = known != NULL;
+    if (PyDict_SetItem(records, key, ref) < 0) {
+        Py_DECREF(ref);
+        return NULL;
+    }
+    Py_DECREF(ref);
+    if (lost) {
+        /* A record collected while held, its key now reused: it stops
+           being held without ending. */
+        occupancies_change(self, index, now, -1, 0, 0, 0);
+    }
+    occupancies_change(self, index, now, 1, 0, 0, 0);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+occupancies_release(OccupanciesObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "_release() takes exactly 4 arguments (index, records, key, record)");
+        return NULL;
+    }
+    Py_ssize_t index;
+    if (occupancies_index(self, args[0], &index) < 0) {
+        return NULL;
+    }
+    PyObject *records = args[1], *key = args[2], *record = args[3];
+    if (!PyDict_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "records must be a dict");
+        return NULL;
+    }
+    int interrupted = 0;
+    int64_t now = meter_clock(self->meter, &interrupted);
+    if (interrupted) {
+        return NULL;
+    }
+    PyObject *known = PyDict_GetItemWithError(records, key);
+    if (known == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        Py_RETURN_FALSE;
+    }
+    if (!weakref_refers_to(known, record)) {
+        Py_RETURN_FALSE;
+    }
+    if (PyDict_DelItem(records, key) < 0) {
+        return NULL;
+    }
+    occupancies_change(self, index, now, -1, 1, 0, 0);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *
+occupancies_drop_lost(OccupanciesObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_drop_lost() takes exactly 2 arguments (index, records)");
+        return NULL;
+    }
+    Py_ssize_t index;
+    if (occupancies_index(self, args[0], &index) < 0) {
+        return NULL;
+    }
+    PyObject *records = args[1];
+    if (!PyDict_Check(records)) {
+        PyErr_SetString(PyExc_TypeError, "records must be a dict");
+        return NULL;
+    }
+    int interrupted = 0;
+    int64_t now = meter_clock(self->meter, &interrupted);
+    if (interrupted) {
+        return NULL;
+    }
+    /* Deleting does not allocate, so no collection (and no finalizer that
+       checks a connection in) can run while this loop walks the dict; it
+       starts over after each deletion, as PyDict_Next requires. */
+    Py_ssize_t dropped = 0;
+    int again = 1;
+    while (again) {
+        again = 0;
+        Py_ssize_t pos = 0;
+        PyObject *key, *value;
+        while (PyDict_Next(records, &pos, &key, &value)) {
+            if (weakref_refers_to(value, NULL)) {
+                Py_INCREF(key);
+                int status = PyDict_DelItem(records, key);
+                Py_DECREF(key);
+                if (status < 0) {
+                    return NULL;
+                }
+                occupancies_change(self, index, now, -1, 0, 0, 0);
+                dropped += 1;
+                again = 1;
+                break;
+            }
+        }
+    }
+    return PyLong_FromSsize_t(dropped);
+}
+
+static PyObject *
+occupancies_bump(OccupanciesObject *self, PyObject *index_obj)
+{
+    Py_ssize_t index;
+    if (occupancies_index(self, index_obj, &index) < 0) {
+        return NULL;
+    }
+    int interrupted = 0;
+    int64_t now = meter_clock(self->meter, &interrupted);
+    if (interrupted) {
+        return NULL;
+    }
+    occupancies_change(self, index, now, 0, 1, 0, 0);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+occupancies_read(OccupanciesObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int interrupted = 0;
+    int64_t now = meter_clock(self->meter, &interrupted);
+    if (interrupted) {
+        return NULL;
+    }
+    /* The critical section: every slot brought up to one instant, copied. */
+    qm_occupancy copy[QM_MAX_OCCUPANCIES];
+    now = occupancies_settle(self, now);
+    if (now < self->start_ns) {
+        now = self->start_ns;
+    }
+    for (Py_ssize_t i = 0; i < self->count; i++) {
+        occupancy_advance(&self->slots[i], now);
+        copy[i] = self->slots[i];
+    }
+    uint64_t uptime = (uint64_t)now - (uint64_t)self->start_ns;
+    int64_t wall = wall_ns();
+    Py_ssize_t count = self->count;
+    /* End of the critical section. */
+
+    PyObject *rows = PyTuple_New(count);
+    if (rows == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *total = u128_to_pylong(copy[i].total_ns);
+        if (total == NULL) {
+            Py_DECREF(rows);
+            return NULL;
+        }
+        PyObject *row = Py_BuildValue("(LKKKN)", (long long)copy[i].under_way,
+                                      (unsigned long long)copy[i].ended,
+                                      (unsigned long long)copy[i].failures,
+                                      (unsigned long long)copy[i].timeouts, total);
+        if (row == NULL) {
+            Py_DECREF(rows);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(rows, i, row);
+    }
+    return Py_BuildValue("(KLN)", (unsigned long long)uptime, (long long)wall, rows);
+}
+
+static int
+occupancies_traverse(OccupanciesObject *self, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(self));
+    Py_VISIT(self->meter);
+    return 0;
+}
+
+static int
+occupancies_clear(OccupanciesObject *self)
+{
+    Py_CLEAR(self->meter);
+    return 0;
+}
+
+static void
+occupancies_dealloc(OccupanciesObject *self)
+{
+    PyTypeObject *tp = Py_TYPE(self);
+    PyObject_GC_UnTrack(self);
+    if (self->weakreflist != NULL) {
+        PyObject_ClearWeakRefs((PyObject *)self);
+    }
+    occupancies_clear(self);
+    Py_CLEAR(self->timed_type);
+    PyObject_GC_Del(self);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+meter_occupancies(MeterObject *self, PyObject *count_obj)
+{
+    module_state *state = state_of_meter(self);
+    if (state == NULL) {
+        return NULL;
+    }
+    Py_ssize_t count = PyLong_Check(count_obj) ? PyLong_AsSsize_t(count_obj) : -1;
+    if (count == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+    }
+    if (count < 1 || count > QM_MAX_OCCUPANCIES) {
+        PyErr_SetString(PyExc_ValueError, "count must be an int from 1 to 64");
+        return NULL;
+    }
+    int interrupted = 0;
+    int64_t now = meter_clock(self, &interrupted);
+    if (interrupted) {
+        return NULL;
+    }
+    OccupanciesObject *occ = PyObject_GC_New(OccupanciesObject, state->occupancies_type);
+    if (occ == NULL) {
+        return NULL;
+    }
+    occ->meter = (MeterObject *)Py_NewRef(self);
+    occ->epoch = self->epoch;
+    occ->count = count;
+    occ->started = 0;
+    occ->start_ns = 0;
+    memset(occ->slots, 0, sizeof(occ->slots));
+    occ->timed_type = (PyTypeObject *)Py_NewRef(state->occupancy_timed_type);
+    occ->weakreflist = NULL;
+    (void)occupancies_settle(occ, now);
+    PyObject_GC_Track(occ);
+    return (PyObject *)occ;
+}
+
+static PyMethodDef occupancies_methods[] = {
+    {"_timed", (PyCFunction)(void (*)(void))occupancies_timed, METH_VARARGS | METH_KEYWORDS,
+     PyDoc_STR("_timed(index, func, timeout=None) -> callable\n\n"
+               "Each call of func is one occupancy of slot `index`: under way during\n"
+               "the call, then ended; a call that raises is also a failure, and one\n"
+               "that raises `timeout` (an exception class) also a timeout.")},
+    {"_hold", (PyCFunction)(void (*)(void))occupancies_hold, METH_FASTCALL,
+     PyDoc_STR("_hold(index, records, key, record) -> bool\n\n"
+               "`record` starts being held (under way in slot `index`), keyed by `key`\n"
+               "in `records` with a weak reference; False if it was held already.  A\n"
+               "dead record found under the key stops being held without ending.")},
+    {"_release", (PyCFunction)(void (*)(void))occupancies_release, METH_FASTCALL,
+     PyDoc_STR("_release(index, records, key, record) -> bool\n\n"
+               "`record` stops being held and counts as ended; False if it was not held.")},
+    {"_drop_lost", (PyCFunction)(void (*)(void))occupancies_drop_lost, METH_FASTCALL,
+     PyDoc_STR("_drop_lost(index, records) -> int\n\n"
+               "Records collected while held stop being held, without ending; how many.")},
+    {"_bump", (PyCFunction)occupancies_bump, METH_O,
+     PyDoc_STR("_bump(index) -> None\n\nCount one event in slot `index` (ended, never under way).")},
+    {"_read", (PyCFunction)occupancies_read, METH_NOARGS,
+     PyDoc_STR("_read() -> (uptime_ns, wall_ns, ((under_way, ended, failures, timeouts, total_ns), ...))\n\n"
+               "Every slot at one instant, the time so far of what is under way included.")},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef occupancies_members[] = {
+    {"__weaklistoffset__", T_PYSSIZET, offsetof(OccupanciesObject, weakreflist), READONLY, NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyType_Slot occupancies_slots[] = {
+    {Py_tp_doc, (void *)PyDoc_STR("Occupancy counters on a meter's clock, made by meter._occupancies(count).\n\nThings that start and end (a wait for a pool connection, a checkout, a\nconnection held), each counted as the meter counts queries: under way now,\nended, failed, timed out, and the sum of their durations in ns, the time so\nfar of those under way included.  Restarted from zero with their meter (in\na forked child).")},
+    {Py_tp_dealloc, (void *)occupancies_dealloc},
+    {Py_tp_traverse, (void *)occupancies_traverse},
+    {Py_tp_clear, (void *)occupancies_clear},
+    {Py_tp_methods, occupancies_methods},
+    {Py_tp_members, occupancies_members},
+    {0, NULL},
+};
+
+static PyType_Spec occupancies_spec = {
+    .name = "querymeter._core.Occupancies",
+    .basicsize = sizeof(OccupanciesObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = occupancies_slots,
+};
+
 /* --------------------------------------------------------------- module */
 
 static int
@@ -913,14 +2373,23 @@ module_exec(PyObject *module)
     state->token_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &token_spec, NULL);
     state->tracker_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &tracker_spec, NULL);
     state->timed_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &timed_spec, NULL);
-    if (!state->meter_type || !state->token_type || !state->tracker_type || !state->timed_type) {
-        return -1;
-    }
-    if (PyModule_AddType(module, state->meter_type) < 0
-        || PyModule_AddType(module, state->token_type) < 0
-        || PyModule_AddType(module, state->tracker_type) < 0
-        || PyModule_AddType(module, state->timed_type) < 0) {
-        return -1;
+    state->awaiting_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &awaiting_spec, NULL);
+    state->iterating_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &iterating_spec, NULL);
+    state->async_iterating_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &async_iterating_spec, NULL);
+    state->occupancies_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &occupancies_spec, NULL);
+    state->occupancy_timed_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &occupancy_timed_spec, NULL);
+    PyTypeObject *types[] = {
+        state->meter_type,     state->token_type,           state->tracker_type,
+        state->timed_type,     state->awaiting_type,        state->iterating_type,
+        state->async_iterating_type, state->occupancies_type, state->occupancy_timed_type,
+    };
+    for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+        if (types[i] == NULL || PyModule_AddType(module, types[i]) < 0) {
+            return -1;
+        }
     }
     return 0;
 }
@@ -933,6 +2402,11 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->token_type);
     Py_VISIT(state->tracker_type);
     Py_VISIT(state->timed_type);
+    Py_VISIT(state->awaiting_type);
+    Py_VISIT(state->iterating_type);
+    Py_VISIT(state->async_iterating_type);
+    Py_VISIT(state->occupancies_type);
+    Py_VISIT(state->occupancy_timed_type);
     return 0;
 }
 
@@ -944,6 +2418,11 @@ module_clear(PyObject *module)
     Py_CLEAR(state->token_type);
     Py_CLEAR(state->tracker_type);
     Py_CLEAR(state->timed_type);
+    Py_CLEAR(state->awaiting_type);
+    Py_CLEAR(state->iterating_type);
+    Py_CLEAR(state->async_iterating_type);
+    Py_CLEAR(state->occupancies_type);
+    Py_CLEAR(state->occupancy_timed_type);
     return 0;
 }
 

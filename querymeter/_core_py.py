@@ -1,25 +1,41 @@
 """The counters in pure Python: the twin of the C core, with identical behaviour.
 
-Everything here mirrors ``_core.c`` line for line in meaning: the same
-bookkeeping (DESIGN §1), the same clamping of out-of-order readings, the same
-handling of a faulty injected clock, the same token rules and messages.  Only
-the hot path lives here; the API around it is in ``meter.py``.
+Everything here mirrors ``_core.c`` in meaning: the same bookkeeping (see
+docs/concepts.md), the same clamping of out-of-order readings, the same
+handling of a faulty injected clock, the same token rules and messages, and
+the same shapes for the hooks to compose (a call, an awaitable, an iterator,
+an async iterator, occupancies).  Only the hot path lives here; the API around
+it is in ``meter.py``.
+
+One difference is inherent: the C core pairs begin and end with no Python
+bytecode in between, so an exception raised asynchronously (a signal
+handler's, ``PyThreadState_SetAsyncExc``) can never separate them.  Here the
+pairing is Python code, and such an exception arriving at the wrong bytecode
+can still leave a query counted in flight.  Production runs on the C core.
+
+Critical sections hold the meter's lock and allocate no object that the
+garbage collector tracks, so that no finalizer (a pool's check-in of a lost
+connection, say) can run inside one and wait for the lock its thread holds.
 """
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import threading
 import time
-from collections.abc import Callable
+import types
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from . import _faults
 
-__all__ = ["MeterCore", "Token", "Tracker"]
+__all__ = ["MeterCore", "Occupancies", "Token", "Tracker"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
+_R = TypeVar("_R")
 _T = TypeVar("_T", bound=tuple[Any, ...])
 
 _tuple_new = tuple.__new__
@@ -31,14 +47,20 @@ _serials = itertools.count(1)
 # The clock time.monotonic_ns() reads; the C core reads the same one directly.
 _monotonic_ns = time.monotonic_ns
 _wall_ns = time.time_ns
+# A reading that failed: no time passes (it is clamped to the stamp).
 _NO_READING = -(2**63)
+_U64 = 2**64
 
 
 def _user_clock_ns(clock: Callable[[], int]) -> int:
-    """Read an injected clock; a fault counts as "no time passed" and is reported."""
+    """Read an injected clock; a fault counts as "no time passed" and is reported.
+
+    KeyboardInterrupt, SystemExit and every other exception that is not an
+    ``Exception`` are the application's, not faults: they propagate.
+    """
     try:
         reading = clock()
-    except BaseException as exc:  # noqa: BLE001 - whatever the clock raises is its fault
+    except Exception as exc:  # noqa: BLE001 - whatever the clock raises is its fault
         _faults.report("clock raised", exc)
         return _NO_READING
     if not isinstance(reading, int):
@@ -72,13 +94,17 @@ class Token:
         return f"<querymeter token started at {self._start_ns} ns{ended}>"
 
 
-def _new_token(serial: int, epoch: int, start_ns: int) -> Token:
+def _new_token(serial: int) -> Token:
     token = object.__new__(Token)
     token._serial = serial
-    token._epoch = epoch
-    token._start_ns = start_ns
+    token._epoch = 0
+    token._start_ns = 0
     token._ended = False
     return token
+
+
+def _elapsed_since(now: int, start_ns: int) -> int:
+    return now - start_ns if now > start_ns else 0
 
 
 class MeterCore:
@@ -101,6 +127,7 @@ class MeterCore:
         "_serial",
         "_stamp_ns",
         "_start_ns",
+        "_started",
         "_total_ns",
     )
 
@@ -116,6 +143,7 @@ class MeterCore:
     _serial: int
     _stamp_ns: int
     _start_ns: int
+    _started: bool
     _total_ns: int
 
     def __new__(cls, *args: Any, **kwargs: Any) -> MeterCore:
@@ -133,7 +161,7 @@ class MeterCore:
     def __init__(self, clock: Callable[[], int] | None = None, *, meter_id: int = 0) -> None:
         if not isinstance(meter_id, int):
             raise TypeError(f"meter_id must be an int, not {type(meter_id).__name__}")
-        if not 0 <= meter_id < 2**64:
+        if not 0 <= meter_id < _U64:
             raise OverflowError("meter_id must fit in 64 unsigned bits")
         if self._initialized:
             raise RuntimeError("a meter cannot be initialised twice")
@@ -153,8 +181,11 @@ class MeterCore:
         return self._meter_id
 
     def _start(self, now: int) -> None:
-        self._start_ns = now
-        self._stamp_ns = now
+        # A failed first reading leaves the meter unstarted: the first good
+        # reading starts it, and until then no time passes (uptime 0).
+        self._started = now != _NO_READING
+        self._start_ns = now if self._started else 0
+        self._stamp_ns = self._start_ns
         self._concurrency = 0
         self._queries = 0
         self._errors = 0
@@ -172,18 +203,25 @@ class MeterCore:
 
         The built-in clock is read under the lock, as the C core reads it under
         the GIL: a reading taken outside could reach the counters after a
-        snapshot that reported a later instant, and re-attribute time already
-        reported.  An injected clock runs Python code, so it cannot be read
-        under the lock (it could deadlock); both cores read it outside.
+        snapshot that reported a later instant.  An injected clock runs Python
+        code, so it cannot be read under the lock (it could deadlock); both
+        cores read it outside, and the counters clamp it to the stamp.
         """
         clock = self._clock
         if clock is None:
             return None
         return _user_clock_ns(clock)
 
-    # The three critical sections; callers hold the lock.
+    # The critical sections; callers hold the lock.
 
     def _advance(self, now: int) -> int:
+        """Bring busy and total up to ``now`` and commit it as the stamp; returns ``now`` used."""
+        if not self._started:
+            if now == _NO_READING:
+                return self._stamp_ns
+            self._started = True
+            self._start_ns = self._stamp_ns = now
+            return now
         # Readings from different threads can arrive out of order, and an
         # injected clock can run back: time never runs back for the counters.
         if now < self._stamp_ns:
@@ -208,17 +246,46 @@ class MeterCore:
         self._queries += 1
         if error:
             self._errors += 1
-        return now - start_ns if now > start_ns else 0
+        return _elapsed_since(now, start_ns)
+
+    # One query, begun and ended: the pairs every shape below is made of.
+
+    def _enter(self) -> tuple[int, int]:
+        """Begin a query; (start, epoch).  A clock that raises KeyboardInterrupt begins nothing."""
+        reading = self._injected_reading()
+        with self._lock:
+            start = self._begin_locked(_monotonic_ns() if reading is None else reading)
+            epoch = self._epoch
+        return start, epoch
+
+    def _exit(self, start_ns: int, epoch: int, error: bool) -> int:
+        """End a query begun by ``_enter``; its elapsed ns.
+
+        If the clock raises KeyboardInterrupt here, the query still ends (at
+        the stamp) before the exception propagates: nothing stays in flight.
+        """
+        try:
+            reading = self._injected_reading()
+        except BaseException:
+            with self._lock:
+                if epoch == self._epoch:
+                    self._end_locked(_NO_READING, start_ns, error)
+            raise
+        with self._lock:
+            now = _monotonic_ns() if reading is None else reading
+            if epoch == self._epoch:
+                return self._end_locked(now, start_ns, error)
+        return _elapsed_since(now, start_ns)
 
     def begin(self) -> Token:
         """begin() -> token
 
         Start a query; pass the token to end().
         """
-        reading = self._injected_reading()
-        with self._lock:
-            start = self._begin_locked(_monotonic_ns() if reading is None else reading)
-            return _new_token(self._serial, self._epoch, start)
+        # Made first: the critical section allocates nothing.
+        token = _new_token(self._serial)
+        token._start_ns, token._epoch = self._enter()
+        return token
 
     def end(self, token: Token, error: bool = False) -> int:
         """end(token, error=False) -> int
@@ -235,49 +302,74 @@ class MeterCore:
         with self._lock:
             # Marked under the lock, before the clock runs: as in C, a second
             # end() of the same token raises and changes nothing.
-            if token._ended:
-                raise ValueError("end() got a token that has already ended")
+            ended = token._ended
             token._ended = True
-        reading = self._injected_reading()
-        with self._lock:
-            now = _monotonic_ns() if reading is None else reading
-            if token._epoch == self._epoch:
-                return self._end_locked(now, token._start_ns, failed)
-        return _elapsed_since(now, token._start_ns)
+        if ended:
+            raise ValueError("end() got a token that has already ended")
+        return self._exit(token._start_ns, token._epoch, failed)
 
     def track(self) -> Tracker:
         """track() -> context manager counting its block as one query."""
-        return Tracker(self)
+        return _new_tracker(self)
 
     def _timed(self, func: _F) -> _F:
         """_timed(func) -> callable counting each call of func as one query."""
         if not callable(func):
             raise TypeError(f"cannot track {type(func).__name__}: it is not callable")
-        reading = self._injected_reading
-        lock = self._lock
-        begin = self._begin_locked
-        end = self._end_locked
+        # The bound methods, not the lock: a forked child gets a new lock,
+        # which the wrapper must use from then on.
+        enter, exit_ = self._enter, self._exit
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            injected = reading()
-            with lock:
-                start = begin(_monotonic_ns() if injected is None else injected)
-                epoch = self._epoch
+            start, epoch = enter()
             try:
                 result = func(*args, **kwargs)
             except BaseException:
-                injected = reading()
-                with lock:
-                    if epoch == self._epoch:
-                        end(_monotonic_ns() if injected is None else injected, start, True)
+                exit_(start, epoch, True)
                 raise
-            injected = reading()
-            with lock:
-                if epoch == self._epoch:
-                    end(_monotonic_ns() if injected is None else injected, start, False)
+            exit_(start, epoch, False)
             return result
 
         return timed  # type: ignore[return-value]
+
+    def _call(self, func: Callable[..., _R], /, *args: Any, **kwargs: Any) -> _R:
+        """_call(func, /, *args, **kwargs) -> result
+
+        Call func(*args, **kwargs), counted as one query.
+        """
+        start, epoch = self._enter()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException:
+            self._exit(start, epoch, True)
+            raise
+        self._exit(start, epoch, False)
+        return result
+
+    def _awaiting(self, awaitable: Awaitable[_R]) -> Awaitable[_R]:
+        """_awaiting(awaitable) -> awaitable counted as one query from its first step to its end."""
+        return _Awaiting(self, awaitable)
+
+    def _iterating(self, iterator: Iterable[_R]) -> Iterator[_R]:
+        """_iterating(iterator) -> iterator counted as one query from the first item to its end."""
+        return _Iterating(self, iter(iterator))
+
+    def _async_iterating(self, iterator: AsyncIterator[_R]) -> AsyncIterator[_R]:
+        """_async_iterating(iterator) -> async iterator counted as one query, first item to end."""
+        if not hasattr(type(iterator), "__anext__"):
+            raise TypeError(f"'{type(iterator).__name__}' object is not an async iterator")
+        return _AsyncIterating(self, iterator)
+
+    def _occupancies(self, count: int) -> Occupancies:
+        """_occupancies(count) -> Occupancies: `count` occupancy counters on this meter's clock."""
+        if not isinstance(count, int) or not 1 <= count <= 64:
+            raise ValueError("count must be an int from 1 to 64")
+        now = self._now()
+        occupancies = object.__new__(Occupancies)
+        occupancies._meter = self
+        occupancies._count = count
+        occupancies._restart(now, self._epoch)
+        return occupancies
 
     def _read(self, cls: type[_T]) -> _T:
         """_read(cls) -> cls((uptime_ns, queries, errors, concurrency, total_ns, busy_ns,
@@ -286,28 +378,18 @@ class MeterCore:
             raise TypeError("_read() needs a tuple subclass")
         reading = self._injected_reading()
         with self._lock:
-            # Catch up to `now` exactly as begin would, on copies.
-            now = _monotonic_ns() if reading is None else reading
-            if now < self._stamp_ns:
-                now = self._stamp_ns
-            busy = self._busy_ns
-            total = self._total_ns
+            # Catch up to `now` exactly as begin would, and commit it: a reading
+            # applied later can then never hand back time reported here.
+            now = self._advance(_monotonic_ns() if reading is None else reading)
+            uptime = now - self._start_ns
+            queries = self._queries
+            errors = self._errors
             concurrency = self._concurrency
-            if concurrency > 0:
-                elapsed = now - self._stamp_ns
-                busy += elapsed
-                total += elapsed * concurrency
-            counters = (
-                now - self._start_ns,
-                self._queries,
-                self._errors,
-                concurrency,
-                total,
-                busy,
-                _wall_ns(),
-                self._meter_id,
-            )
-        return _tuple_new(cls, counters)
+            total = self._total_ns
+            busy = self._busy_ns
+            wall = _wall_ns()
+            meter_id = self._meter_id
+        return _tuple_new(cls, (uptime, queries, errors, concurrency, total, busy, wall, meter_id))
 
     def _reset(self, meter_id: int) -> None:
         """_reset(meter_id) -> None
@@ -316,7 +398,7 @@ class MeterCore:
         """
         if not isinstance(meter_id, int):
             raise TypeError("meter_id must be an int")
-        if not 0 <= meter_id < 2**64:
+        if not 0 <= meter_id < _U64:
             raise OverflowError("meter_id must fit in 64 unsigned bits")
         # After fork() the parent's lock may be held by a thread that does not
         # exist in the child: replace it rather than wait on it.
@@ -328,21 +410,19 @@ class MeterCore:
             self._meter_id = int(meter_id)
 
 
-def _elapsed_since(now: int, start_ns: int) -> int:
-    return now - start_ns if now > start_ns else 0
-
-
 class Tracker:
     """Counts a `with` block as one query; an exception counts as an error."""
 
     __slots__ = ("_elapsed_ns", "_entered", "_epoch", "_meter", "_start_ns")
 
-    def __init__(self, meter: MeterCore) -> None:
-        self._meter = meter
-        self._start_ns = 0
-        self._epoch = 0
-        self._elapsed_ns = -1
-        self._entered = False
+    _elapsed_ns: int
+    _entered: bool
+    _epoch: int
+    _meter: MeterCore
+    _start_ns: int
+
+    def __init__(self) -> None:
+        raise TypeError("cannot create 'querymeter._core_py.Tracker' instances")
 
     @property
     def elapsed_ns(self) -> int | None:
@@ -352,16 +432,18 @@ class Tracker:
     def __enter__(self) -> Tracker:
         meter = self._meter
         with meter._lock:
-            if self._entered:
-                raise RuntimeError(
-                    "this track() block is already running; use a new track() for each block"
-                )
+            entered = self._entered
             self._entered = True
-            self._elapsed_ns = -1
-        reading = meter._injected_reading()
-        with meter._lock:
-            self._start_ns = meter._begin_locked(_monotonic_ns() if reading is None else reading)
-            self._epoch = meter._epoch
+        if entered:
+            raise RuntimeError(
+                "this track() block is already running; use a new track() for each block"
+            )
+        self._elapsed_ns = -1
+        try:
+            self._start_ns, self._epoch = meter._enter()
+        except BaseException:
+            self._entered = False
+            raise
         return self
 
     def __exit__(
@@ -372,17 +454,505 @@ class Tracker:
     ) -> Literal[False]:
         meter = self._meter
         with meter._lock:
-            if not self._entered:
-                raise RuntimeError("__exit__() called on a track() block that is not running")
+            entered = self._entered
             self._entered = False
-            start = self._start_ns
-            epoch = self._epoch
-        reading = meter._injected_reading()
-        with meter._lock:
-            now = _monotonic_ns() if reading is None else reading
-            if epoch == meter._epoch:
-                self._elapsed_ns = meter._end_locked(now, start, exc_type is not None)
-            else:
-                self._elapsed_ns = _elapsed_since(now, start)
+        if not entered:
+            raise RuntimeError("__exit__() called on a track() block that is not running")
+        self._elapsed_ns = meter._exit(self._start_ns, self._epoch, exc_type is not None)
         # Never suppress the block's exception.
         return False
+
+
+def _new_tracker(meter: MeterCore) -> Tracker:
+    tracker = object.__new__(Tracker)
+    tracker._meter = meter
+    tracker._start_ns = 0
+    tracker._epoch = 0
+    tracker._elapsed_ns = -1
+    tracker._entered = False
+    return tracker
+
+
+# ------------------------------------------------------- the hooks' shapes
+
+_NOT_STARTED, _RUNNING, _DONE = 0, 1, 2
+
+
+def _await_iterator(awaitable: Any) -> Any:
+    """What ``await awaitable`` iterates: its ``__await__()``."""
+    if isinstance(awaitable, types.GeneratorType) and (
+        awaitable.gi_code.co_flags & inspect.CO_ITERABLE_COROUTINE
+    ):
+        return awaitable
+    get = getattr(type(awaitable), "__await__", None)
+    if get is None:
+        raise TypeError(f"object {type(awaitable).__name__} can't be used in 'await' expression")
+    return get(awaitable)
+
+
+def _throw(
+    iterator: Any, typ: Any, value: Any = None, traceback: TracebackType | None = None
+) -> Any:
+    """Throw an exception into an iterator, or raise it where the iterator takes none."""
+    throw = getattr(iterator, "throw", None)
+    if throw is not None:
+        if value is None and traceback is None:
+            return throw(typ)
+        return throw(typ, value, traceback)
+    if isinstance(typ, BaseException):
+        exc = typ
+    elif isinstance(value, BaseException):
+        exc = value
+    else:
+        exc = typ() if value is None else typ(value)
+    raise exc.with_traceback(traceback) if traceback is not None else exc
+
+
+class _Awaiting:
+    """An awaitable counted as one query, from its first step until it completes.
+
+    A coroutine in all but name (``send``, ``throw``, ``close``, ``__await__``),
+    so that asyncio takes it for one.  An exception, a cancellation thrown in,
+    ``close()`` or being collected mid-way count as an error.
+    """
+
+    __slots__ = ("_awaitable", "_epoch", "_iterator", "_meter", "_start_ns", "_state")
+
+    def __init__(self, meter: MeterCore, awaitable: Any) -> None:
+        self._meter = meter
+        self._awaitable = awaitable
+        self._iterator: Any = None
+        self._state = _NOT_STARTED
+        self._start_ns = 0
+        self._epoch = 0
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        return self  # type: ignore[return-value]
+
+    def __next__(self) -> Any:
+        return self.send(None)
+
+    def _start(self) -> Any:
+        if self._state == _DONE:
+            raise RuntimeError("cannot reuse an awaitable that querymeter has counted")
+        if self._state == _NOT_STARTED:
+            iterator = _await_iterator(self._awaitable)
+            self._iterator = iterator
+            self._start_ns, self._epoch = self._meter._enter()
+            self._state = _RUNNING
+        return self._iterator
+
+    def _finish(self, error: bool) -> None:
+        if self._state == _RUNNING:
+            self._state = _DONE
+            self._meter._exit(self._start_ns, self._epoch, error)
+        self._state = _DONE
+
+    def send(self, value: Any) -> Any:
+        iterator = self._start()
+        try:
+            if value is None:
+                return next(iterator)
+            return iterator.send(value)
+        except StopIteration:
+            self._finish(False)
+            raise
+        except BaseException:
+            self._finish(True)
+            raise
+
+    def throw(self, typ: Any, value: Any = None, traceback: TracebackType | None = None) -> Any:
+        if self._state == _DONE:
+            return _throw(None, typ, value, traceback)
+        iterator = self._start()
+        try:
+            return _throw(iterator, typ, value, traceback)
+        except StopIteration:
+            self._finish(False)
+            raise
+        except BaseException:
+            self._finish(True)
+            raise
+
+    def close(self) -> None:
+        state = self._state
+        if state == _DONE:
+            return
+        target = self._iterator if state == _RUNNING else self._awaitable
+        try:
+            close = getattr(target, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish(True)
+
+    def __del__(self) -> None:
+        if self._state == _RUNNING:
+            self._finish(True)
+
+
+class _Iterating:
+    """An iterator counted as one query, from the first item asked for until its end.
+
+    Exhausted: ended; raising: ended as an error; closed early or collected
+    mid-way: ended (stopping early is not an error).
+    """
+
+    __slots__ = ("_epoch", "_iterator", "_meter", "_start_ns", "_state")
+
+    def __init__(self, meter: MeterCore, iterator: Iterator[Any]) -> None:
+        self._meter = meter
+        self._iterator = iterator
+        self._state = _NOT_STARTED
+        self._start_ns = 0
+        self._epoch = 0
+
+    def __iter__(self) -> _Iterating:
+        return self
+
+    def _finish(self, error: bool) -> None:
+        if self._state == _RUNNING:
+            self._state = _DONE
+            self._meter._exit(self._start_ns, self._epoch, error)
+        self._state = _DONE
+
+    def __next__(self) -> Any:
+        if self._state == _DONE:
+            raise StopIteration
+        if self._state == _NOT_STARTED:
+            self._start_ns, self._epoch = self._meter._enter()
+            self._state = _RUNNING
+        try:
+            return next(self._iterator)
+        except StopIteration:
+            self._finish(False)
+            raise
+        except BaseException:
+            self._finish(True)
+            raise
+
+    def close(self) -> None:
+        if self._state == _DONE:
+            return
+        try:
+            close = getattr(self._iterator, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish(False)
+
+    def __del__(self) -> None:
+        if self._state == _RUNNING:
+            self._finish(False)
+
+
+async def _closed() -> None:
+    """What ``aclose()`` returns for an iterator that has nothing to close."""
+
+
+class _AsyncIterating:
+    """The async twin of ``_Iterating``: counted from the first ``__anext__`` awaited."""
+
+    __slots__ = ("_epoch", "_iterator", "_meter", "_start_ns", "_state")
+
+    def __init__(self, meter: MeterCore, iterator: AsyncIterator[Any]) -> None:
+        self._meter = meter
+        self._iterator = iterator
+        self._state = _NOT_STARTED
+        self._start_ns = 0
+        self._epoch = 0
+
+    def __aiter__(self) -> _AsyncIterating:
+        return self
+
+    def _finish(self, error: bool) -> None:
+        if self._state == _RUNNING:
+            self._state = _DONE
+            self._meter._exit(self._start_ns, self._epoch, error)
+        self._state = _DONE
+
+    def __anext__(self) -> Awaitable[Any]:
+        if self._state == _DONE:
+            return _AnextStep(self, None)
+        return _AnextStep(self, type(self._iterator).__anext__(self._iterator))
+
+    def aclose(self) -> Awaitable[None]:
+        if self._state == _DONE:
+            return _closed()
+        self._finish(False)
+        close = getattr(self._iterator, "aclose", None)
+        return close() if close is not None else _closed()
+
+    def __del__(self) -> None:
+        if self._state == _RUNNING:
+            self._finish(False)
+
+
+class _AnextStep(_Awaiting):
+    """One ``__anext__`` of an ``_AsyncIterating``: its end, or its error, ends the query."""
+
+    __slots__ = ("_owner",)
+
+    def __init__(self, owner: _AsyncIterating, awaitable: Any) -> None:
+        super().__init__(owner._meter, awaitable)
+        self._owner = owner
+
+    def _start(self) -> Any:
+        if self._state == _DONE:
+            raise RuntimeError("cannot reuse an awaitable that querymeter has counted")
+        if self._state == _NOT_STARTED:
+            owner = self._owner
+            if self._awaitable is None:
+                self._state = _DONE
+                raise StopAsyncIteration
+            self._iterator = _await_iterator(self._awaitable)
+            if owner._state == _NOT_STARTED:
+                owner._start_ns, owner._epoch = owner._meter._enter()
+                owner._state = _RUNNING
+            self._state = _RUNNING
+        return self._iterator
+
+    def _finish(self, error: bool) -> None:
+        # A step that returns an item leaves the query running; the end of
+        # the iteration, or an error, ends it.
+        self._state = _DONE
+
+    def send(self, value: Any) -> Any:
+        iterator = self._start()
+        try:
+            if value is None:
+                return next(iterator)
+            return iterator.send(value)
+        except StopIteration:
+            self._state = _DONE
+            raise
+        except StopAsyncIteration:
+            self._state = _DONE
+            self._owner._finish(False)
+            raise
+        except BaseException:
+            self._state = _DONE
+            self._owner._finish(True)
+            raise
+
+    def throw(self, typ: Any, value: Any = None, traceback: TracebackType | None = None) -> Any:
+        if self._state == _DONE:
+            return _throw(None, typ, value, traceback)
+        iterator = self._start()
+        try:
+            return _throw(iterator, typ, value, traceback)
+        except StopIteration:
+            self._state = _DONE
+            raise
+        except StopAsyncIteration:
+            self._state = _DONE
+            self._owner._finish(False)
+            raise
+        except BaseException:
+            self._state = _DONE
+            self._owner._finish(True)
+            raise
+
+    def close(self) -> None:
+        if self._state == _RUNNING:
+            try:
+                close = getattr(self._iterator, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._state = _DONE
+                self._owner._finish(True)
+        self._state = _DONE
+
+    def __del__(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------- occupancies
+
+# The fields of one occupancy, as _read() gives them.
+_UNDER_WAY, _ENDED, _FAILURES, _TIMEOUTS, _TOTAL_NS, _STAMP_NS = range(6)
+
+
+class Occupancies:
+    """Occupancy counters on a meter's clock, made by meter._occupancies(count).
+
+    Things that start and end (a wait for a pool connection, a checkout, a
+    connection held), each counted as the meter counts queries: under way now,
+    ended, failed, timed out, and the sum of their durations in ns, the time so
+    far of those under way included.  Restarted from zero with their meter (in
+    a forked child).
+    """
+
+    __slots__ = ("__weakref__", "_count", "_epoch", "_meter", "_slots", "_start_ns", "_started")
+
+    _count: int
+    _epoch: int
+    _meter: MeterCore
+    _slots: list[list[int]]
+    _start_ns: int
+    _started: bool
+
+    def __init__(self) -> None:
+        raise TypeError("cannot create 'querymeter._core_py.Occupancies' instances")
+
+    def _restart(self, now: int, epoch: int) -> None:
+        self._epoch = epoch
+        self._started = now != _NO_READING
+        self._start_ns = now if self._started else 0
+        self._slots = [[0, 0, 0, 0, 0, self._start_ns] for _ in range(self._count)]
+
+    def _slot(self, index: int) -> list[int]:
+        if not isinstance(index, int) or not 0 <= index < self._count:
+            raise IndexError(f"occupancy index out of range: {index!r}")
+        return self._slots[index]
+
+    def _at(self, now: int) -> int:
+        """The clock reading to use, clamped and starting the counters; caller holds the lock."""
+        meter = self._meter
+        if self._epoch != meter._epoch:
+            # The meter started again (fork): so do its occupancies.  Slots
+            # are replaced in place: no allocation under the lock.
+            self._epoch = meter._epoch
+            self._started = False
+            for slot in self._slots:
+                slot[:] = (0, 0, 0, 0, 0, 0)
+        if not self._started:
+            if now == _NO_READING:
+                return self._start_ns
+            self._started = True
+            self._start_ns = now
+            for slot in self._slots:
+                slot[_STAMP_NS] = now
+        return now
+
+    @staticmethod
+    def _advance(slot: list[int], now: int) -> None:
+        stamp = slot[_STAMP_NS]
+        if now > stamp:
+            slot[_TOTAL_NS] += (now - stamp) * slot[_UNDER_WAY]
+            slot[_STAMP_NS] = now
+
+    def _change(self, index: int, delta: int, ended: int, failed: bool, timed_out: bool) -> None:
+        slot = self._slot(index)
+        meter = self._meter
+        reading = meter._injected_reading()
+        with meter._lock:
+            self._advance(slot, self._at(_monotonic_ns() if reading is None else reading))
+            if delta > 0 or slot[_UNDER_WAY] > 0:
+                slot[_UNDER_WAY] += delta
+            slot[_ENDED] += ended
+            if failed:
+                slot[_FAILURES] += 1
+            if timed_out:
+                slot[_TIMEOUTS] += 1
+
+    def _timed(self, index: int, func: _F, timeout: type[BaseException] | None = None) -> _F:
+        """_timed(index, func, timeout=None) -> callable
+
+        Each call of func is one occupancy of slot `index`: under way during
+        the call, then ended; a call that raises is also a failure, and one
+        that raises `timeout` (an exception class) also a timeout.
+        """
+        self._slot(index)
+        if not callable(func):
+            raise TypeError(f"cannot time {type(func).__name__}: it is not callable")
+        if timeout is not None and not (
+            isinstance(timeout, type) and issubclass(timeout, BaseException)
+        ):
+            raise TypeError("timeout must be an exception class or None")
+        change = self._change
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            epoch = self._meter._epoch
+            change(index, 1, 0, False, False)
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                if epoch == self._meter._epoch:
+                    timed_out = timeout is not None and isinstance(exc, timeout)
+                    change(index, -1, 1, True, timed_out)
+                raise
+            if epoch == self._meter._epoch:
+                change(index, -1, 1, False, False)
+            return result
+
+        return timed  # type: ignore[return-value]
+
+    def _hold(self, index: int, records: dict[int, Any], key: int, record: object) -> bool:
+        """_hold(index, records, key, record) -> bool
+
+        `record` starts being held (under way in slot `index`), keyed by `key`
+        in `records` with a weak reference; False if it was held already.  A
+        dead record found under the key stops being held without ending.
+        """
+        self._slot(index)
+        ref = weakref.ref(record)
+        known = records.get(key)
+        if known is not None and known() is record:
+            return False
+        records[key] = ref
+        if known is not None:
+            self._change(index, -1, 0, False, False)
+        self._change(index, 1, 0, False, False)
+        return True
+
+    def _release(self, index: int, records: dict[int, Any], key: int, record: object) -> bool:
+        """_release(index, records, key, record) -> bool
+
+        `record` stops being held and counts as ended; False if it was not held.
+        """
+        self._slot(index)
+        known = records.get(key)
+        if known is None or known() is not record:
+            return False
+        del records[key]
+        self._change(index, -1, 1, False, False)
+        return True
+
+    def _drop_lost(self, index: int, records: dict[int, Any]) -> int:
+        """_drop_lost(index, records) -> int
+
+        Records collected while held stop being held, without ending; how many.
+        """
+        self._slot(index)
+        lost = [key for key, ref in list(records.items()) if ref() is None]
+        for key in lost:
+            if records.pop(key, None) is not None:
+                self._change(index, -1, 0, False, False)
+        return len(lost)
+
+    def _bump(self, index: int) -> None:
+        """_bump(index) -> None
+
+        Count one event in slot `index` (ended, never under way).
+        """
+        self._change(index, 0, 1, False, False)
+
+    def _read(self) -> tuple[int, int, tuple[tuple[int, int, int, int, int], ...]]:
+        """_read() -> (uptime_ns, wall_ns, ((under_way, ended, failures, timeouts, total_ns), ...))
+
+        Every slot at one instant, the time so far of what is under way included.
+        """
+        meter = self._meter
+        width = _STAMP_NS + 1
+        # Allocated before the lock, filled under it: no allocation inside.
+        copy = [0] * (self._count * width)
+        reading = meter._injected_reading()
+        with meter._lock:
+            now = self._at(_monotonic_ns() if reading is None else reading)
+            if now < self._start_ns:
+                now = self._start_ns
+            for slot in self._slots:
+                self._advance(slot, now)
+            uptime = now - self._start_ns
+            wall = _wall_ns()
+            offset = 0
+            for slot in self._slots:
+                copy[offset : offset + width] = slot
+                offset += width
+        rows = tuple(
+            (copy[i], copy[i + 1], copy[i + 2], copy[i + 3], copy[i + 4])
+            for i in range(0, len(copy), width)
+        )
+        return uptime, wall, rows

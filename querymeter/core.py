@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import os
 
-from ._core_py import MeterCore, Token, Tracker
+from ._core_py import MeterCore, Occupancies, Token, Tracker
 
-__all__ = ["IMPLEMENTATION", "MeterCore", "Token", "Tracker"]
+__all__ = ["IMPLEMENTATION", "MeterCore", "Occupancies", "Token", "Tracker"]
 
 IMPLEMENTATION = "python"
 
 # Strict parsing, as for every switch of ours: only "1" turns it on.
 if os.environ.get("QUERYMETER_PURE_PYTHON", "0") != "1":
     try:
-        from ._core import MeterCore, Token, Tracker  # type: ignore[assignment]
+        from ._core import MeterCore, Occupancies, Token, Tracker  # type: ignore[assignment]
 
         IMPLEMENTATION = "c"
     except ImportError:

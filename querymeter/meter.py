@@ -37,6 +37,7 @@ class _Core(Protocol):
     def begin(self) -> Token: ...
     def end(self, token: Token, error: bool = False) -> int: ...
     def _timed(self, func: Callable[_P, _R]) -> Callable[_P, _R]: ...
+    def _awaiting(self, awaitable: Awaitable[_R]) -> Awaitable[_R]: ...
     def _read(self, cls: type[_T]) -> _T: ...
     def _reset(self, meter_id: int) -> None: ...
 
@@ -105,20 +106,12 @@ class _MeterAPI:
 def _tracked_coroutine(
     meter: _Core, func: Callable[..., Awaitable[Any]]
 ) -> Callable[..., Coroutine[Any, Any, Any]]:
-    begin = meter.begin
-    end = meter.end
+    awaiting = meter._awaiting
 
     async def tracked(*args: Any, **kwargs: Any) -> Any:
-        token = begin()
-        try:
-            result = await func(*args, **kwargs)
-        except BaseException:
-            # CancelledError and GeneratorExit included: the query ended,
-            # without a result.
-            end(token, True)
-            raise
-        end(token)
-        return result
+        # The core's awaitable pairs begin and end: from its first step until
+        # it completes; an exception, a cancellation or close() is an error.
+        return await awaiting(func(*args, **kwargs))
 
     return tracked
 

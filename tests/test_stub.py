@@ -35,10 +35,14 @@ def stub_parameters(function: ast.FunctionDef) -> list[tuple[str, str, str | Non
         ast.unparse(d) for d in args.defaults
     ]
     params = [(a.arg, "positional", d) for a, d in zip(positional, defaults, strict=True)]
+    if args.vararg is not None:
+        params.append((args.vararg.arg, "*", None))
     params += [
         (a.arg, "keyword", None if d is None else ast.unparse(d))
         for a, d in zip(args.kwonlyargs, args.kw_defaults, strict=True)
     ]
+    if args.kwarg is not None:
+        params.append((args.kwarg.arg, "**", None))
     return params
 
 
@@ -46,7 +50,8 @@ def twin_parameters(function: object) -> list[tuple[str, str, str | None]]:
     """(name, kind, default) of each parameter of a twin function."""
     params = []
     for p in inspect.signature(function).parameters.values():  # type: ignore[arg-type]
-        kind = "keyword" if p.kind is p.KEYWORD_ONLY else "positional"
+        kinds = {p.KEYWORD_ONLY: "keyword", p.VAR_POSITIONAL: "*", p.VAR_KEYWORD: "**"}
+        kind = kinds.get(p.kind, "positional")
         default = None if p.default is p.empty else repr(p.default)
         params.append((p.name, kind, default))
     return params
@@ -87,7 +92,7 @@ def test_the_c_module_has_every_name_of_the_stub() -> None:
             assert hasattr(c_class, name), f"{class_name}.{name} missing in C"
 
 
-@pytest.mark.parametrize("name", ["MeterCore", "Token", "Tracker"])
+@pytest.mark.parametrize("name", ["MeterCore", "Token", "Tracker", "Occupancies"])
 def test_the_c_module_and_the_twin_share_their_docstrings(name: str) -> None:
     """Each C type documents itself as its twin does."""
     load_meter_class("c")
