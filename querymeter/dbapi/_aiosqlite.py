@@ -74,14 +74,9 @@ def _make_connection_class(base: Any) -> type[Any]:
             meter = connection_meter(self)
             if meter is None:
                 return await inner(self, *args, **kwargs)
-            token = meter.begin()
-            try:
-                result = await inner(self, *args, **kwargs)
-            except BaseException:
-                # CancelledError included: the application stopped waiting.
-                meter.end(token, True)
-                raise
-            meter.end(token)
+            # The core's awaitable pairs begin and end; a cancellation (the
+            # application stopped waiting) ends the query as an error.
+            result = await meter._awaiting(inner(self, *args, **kwargs))
             return counted_cursor(result, meter)
 
         counted.__name__ = name

@@ -16,7 +16,7 @@ import functools
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from .. import _faults
 from ..meter import Meter
@@ -39,8 +39,6 @@ __all__ = [
     "unwrap_in_place",
     "wrap_in_place",
 ]
-
-_T = TypeVar("_T")
 
 # How one method of a counted class is made: (meter, the base class, the
 # method's name) -> the attribute of the counted class.
@@ -116,63 +114,54 @@ def tracked(meter: Meter, base: type, name: str) -> Any:
 def batch(execute_name: str) -> CountedMethod:
     """A method that sends a batch through ``self.<execute_name>``: the batch is one query.
 
-    (PyMySQL's executemany calls self.execute per row or per chunk.)  During
-    the batch, an instance attribute shadows the counted execute with the
-    driver's own, so the inner calls are not counted again; the counted
-    execute stays a plain class attribute, with nothing added to its path.
+    (PyMySQL's executemany calls self.execute per row or per chunk.)  The
+    batch is timed by the meter's call wrapper; inside it, an instance
+    attribute shadows the counted execute with the driver's own, so the inner
+    calls are not counted again, and the counted execute stays a plain class
+    attribute, with nothing added to its path.  The shadow is set and removed
+    inside the timed call, where nothing can separate the end from the begin.
     """
 
     def make(meter: Meter, base: type, name: str) -> Any:
         method = getattr(base, name)
         plain_execute = getattr(base, execute_name)
-        begin, end = meter.begin, meter.end
 
-        @functools.wraps(method)
-        def counted_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
-            token = begin()
+        def shadowing_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
             instance = self.__dict__
             shadowed = execute_name in instance
+            # A store, then the try at once: no bytecode in between at
+            # which an asynchronous exception could leave the shadow behind.
             instance[execute_name] = plain_execute.__get__(self, type(self))
             try:
-                result = method(self, *args, **kwargs)
-            except BaseException:
-                end(token, True)
-                raise
+                return method(self, *args, **kwargs)
             finally:
                 if not shadowed:
                     instance.pop(execute_name, None)
-            end(token)
-            return result
 
-        return counted_batch
+        return _like(meter._timed(shadowing_batch), method)
 
     return make
+
+
+def _like(wrapper: Any, method: Any) -> Any:
+    """The wrapper, named and documented as the method it counts."""
+    functools.update_wrapper(wrapper, method)
+    return wrapper
 
 
 def counted_iteration(meter: Meter, base: type, name: str) -> Any:
     """A method returning an iterator whose consumption is the query (a streamed result).
 
     The query runs from the first row asked for until the iterator is
-    exhausted, fails, or is closed early; closing early is not an error.
+    exhausted, fails, or is closed early; closing early is not an error.  The
+    core's iterator pairs begin and end.
     """
     method = getattr(base, name)
-    begin, end = meter.begin, meter.end
-
-    def consume(rows: Iterator[_T]) -> Iterator[_T]:
-        token = begin()
-        try:
-            yield from rows
-        except GeneratorExit:
-            end(token)
-            raise
-        except BaseException:
-            end(token, True)
-            raise
-        end(token)
+    iterating = meter._iterating
 
     @functools.wraps(method)
     def counted_stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        return consume(method(*args, **kwargs))
+        return iterating(method(*args, **kwargs))
 
     return counted_stream
 
@@ -180,34 +169,13 @@ def counted_iteration(meter: Meter, base: type, name: str) -> Any:
 def counted_async_iteration(meter: Meter, base: type, name: str) -> Any:
     """The async twin of :func:`counted_iteration`."""
     method = getattr(base, name)
-    begin, end = meter.begin, meter.end
-
-    async def consume(rows: AsyncIterator[_T]) -> AsyncIterator[_T]:
-        token = begin()
-        try:
-            async for row in rows:
-                yield row
-        except GeneratorExit:
-            end(token)
-            await _aclose(rows)
-            raise
-        except BaseException:
-            end(token, True)
-            await _aclose(rows)
-            raise
-        end(token)
+    async_iterating = meter._async_iterating
 
     @functools.wraps(method)
     def counted_stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        return consume(method(*args, **kwargs))
+        return async_iterating(method(*args, **kwargs))
 
     return counted_stream
-
-
-async def _aclose(rows: AsyncIterator[Any]) -> None:
-    close = getattr(rows, "aclose", None)
-    if close is not None:
-        await close()
 
 
 def counted_context(meter: Meter, base: type, name: str) -> Any:
