@@ -77,7 +77,7 @@ class Instrumentation:
         self._dialect = weakref.ref(engine.dialect)
         self._statements: dict[str, Patch] = {}
         self.handover = Handover(meter)
-        self.pool = PoolAccounting(self.handover.take)
+        self.pool = PoolAccounting(meter, self.handover.take)
 
     @staticmethod
     def check_lingering(dialect: Any, meter: Meter) -> None:

@@ -1,4 +1,4 @@
-"""Pool accounting of one instrumented engine: counters, and the wrappers and events feeding them.
+"""Pool accounting of one instrumented engine: core counters, and the wrappers feeding them.
 
 SQLAlchemy has no event for "a checkout starts waiting" or "a checkout timed
 out", so the waits and timeouts are measured by wrapping, on the pool
@@ -13,6 +13,13 @@ instance, the three calls they happen in (pool/impl.py, pool/base.py):
 - ``pool._invoke_creator(record)``: opening one DBAPI connection, whatever
   opens it (the dialect, ``creator=``, a ``do_connect`` listener).
 
+Each is timed by the core (``Occupancies._timed``: begin and end paired in
+C), on the meter's clock, so pool and statement intervals share one time
+base, and no lock of ours is held anywhere: the core's counters are updated
+under the GIL with no Python code in between.  The wrappers call the pool's
+method as its class has it at the time of the call, so a class-level patch
+made later (a test's ``mock.patch.object``, another tool) runs too.
+
 ``pool.recreate()`` is wrapped too, so that the pool ``engine.dispose()``
 puts in place is accounted from its first checkout.  Connections in use,
 invalidations and closes come from the pool events, registered through the
@@ -23,8 +30,6 @@ Nothing here is on the path of a statement.
 from __future__ import annotations
 
 import secrets
-import threading
-import time
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +41,7 @@ from sqlalchemy.util import queue as sa_queue
 
 from .. import _faults
 from .._patching import Patch, like
+from ..meter import Meter
 from ._figures import PoolSnapshot
 
 __all__ = ["PoolAccounting"]
@@ -44,49 +50,30 @@ __all__ = ["PoolAccounting"]
 # pool is wrapped once, and its wrappers go when it goes).
 _PATCHES_ATTRIBUTE = "_querymeter_pool_patches"
 
+# The occupancies of one engine's pool, slots of the core's Occupancies.
+_CHECKOUTS, _WAITS, _CREATIONS, _IN_USE = 0, 1, 2, 3
+# Events, counted as ended occupancies that never were under way.
+_INVALIDATIONS, _SOFT_INVALIDATIONS, _CLOSES = 4, 5, 6
+_SLOTS = 7
 
-class _Occupancy:
-    """Things that start and end (waits, checkouts, creations, connections held).
 
-    ``under_way`` of them now, ``ended`` so far, and the sum of their durations
-    in ns, the time so far of those under way included: the meter's bookkeeping
-    for ``concurrency``, ``queries`` and ``total_ns`` (DESIGN §1), under the
-    accounting's lock.
+def _following_class(patch: Patch) -> Callable[..., Any]:
+    """What the patched attribute is now, looked up at each call.
+
+    The pool's own attribute, if it had one before us; else its class's, as
+    the class has it when called, so that a class-level patch made after
+    instrumenting runs, and one undone stops running.
     """
+    if patch.name in vars(patch.owner):
+        return patch.original  # type: ignore[no-any-return]
+    owner_ref = weakref.ref(patch.owner)
+    name = patch.name
 
-    __slots__ = ("ended", "stamp_ns", "total_ns", "under_way")
+    def current(*args: Any, **kwargs: Any) -> Any:
+        owner = owner_ref()
+        return getattr(type(owner), name).__get__(owner, type(owner))(*args, **kwargs)
 
-    def __init__(self, now_ns: int) -> None:
-        self.under_way = 0
-        self.ended = 0
-        self.total_ns = 0
-        self.stamp_ns = now_ns
-
-    def advance(self, now_ns: int) -> None:
-        if now_ns > self.stamp_ns:
-            self.total_ns += (now_ns - self.stamp_ns) * self.under_way
-            self.stamp_ns = now_ns
-
-    def begin(self, now_ns: int) -> None:
-        self.advance(now_ns)
-        self.under_way += 1
-
-    def end(self, now_ns: int) -> None:
-        self.advance(now_ns)
-        # Never below zero, whatever the order of events.
-        if self.under_way:
-            self.under_way -= 1
-        self.ended += 1
-
-    def lose(self, now_ns: int) -> None:
-        """One that stops without having ended (it is not counted as ended)."""
-        self.advance(now_ns)
-        if self.under_way:
-            self.under_way -= 1
-
-    def total_at(self, now_ns: int) -> int:
-        """``total_ns`` brought up to ``now_ns``, without changing the state."""
-        return self.total_ns + max(0, now_ns - self.stamp_ns) * self.under_way
+    return like(current, patch.original)
 
 
 def _gauges(pool: Any) -> tuple[int | None, int | None, int | None, int | None, int | None]:
@@ -111,167 +98,63 @@ class PoolAccounting:
     pool opens or hands out (the DB-API handover, see _handover.py).
     """
 
-    def __init__(self, take_connection: Callable[[Any], None]) -> None:
+    def __init__(self, meter: Meter, take_connection: Callable[[Any], None]) -> None:
         self.active = True
         self.pool_id = secrets.randbits(63)
         self._take_connection = take_connection
-        # Reentrant: an allocation under the lock can run the garbage
-        # collector, whose finalizer of a lost connection checks it in, which
-        # fires our checkin listener in the same thread.  Every update here
-        # is complete in itself, so a nested one leaves the figures consistent.
-        self._lock = threading.RLock()
-        self._clock = time.monotonic_ns
-        now_ns = self._clock()
-        self._started_ns = now_ns
-        self._checkouts = _Occupancy(now_ns)
-        self._waits = _Occupancy(now_ns)
-        self._creations = _Occupancy(now_ns)
-        self._in_use = _Occupancy(now_ns)
-        self._checkout_failures = 0
-        self._timeouts = 0
-        self._creation_failures = 0
-        self._invalidations = 0
-        self._soft_invalidations = 0
-        self._closes = 0
+        self._counts = meter._occupancies(_SLOTS)
         # Records, not a counter: a checkin without a checkout (a failed
         # reconnect) or a checkout event fired twice (a reconnect retry)
         # cannot make "in use" wrong, let alone negative.  By id, with a weak
-        # reference each: cheaper than a WeakSet, and a record is never kept.
+        # reference each, updated by the core with its counter in one step.
         self._records: dict[int, weakref.ref[Any]] = {}
         self._pools: weakref.WeakSet[Any] = weakref.WeakSet()
         self._current_pool: weakref.ref[Any] | None = None
         self._engine: weakref.ref[Any] | None = None
         self._listeners = self._make_listeners()
 
-    # ------------------------------------------------------------- counting
-
-    def _checkout_began(self) -> None:
-        try:
-            with self._lock:
-                self._checkouts.begin(self._clock())
-        except Exception as exc:  # noqa: BLE001 - ours, never the application's
-            _faults.report("sqlalchemy: pool accounting (checkout)", exc)
-
-    def _checkout_ended(self, error: BaseException | None) -> None:
-        try:
-            with self._lock:
-                self._checkouts.end(self._clock())
-                if error is not None:
-                    # ended counts every checkout; failures are kept apart,
-                    # so checkouts = ended - failures.
-                    self._checkout_failures += 1
-                    # sqlalchemy.exc.TimeoutError, not the builtin: a
-                    # cancelled wait (asyncio) is not a timeout.
-                    if isinstance(error, sa_exc.TimeoutError):
-                        self._timeouts += 1
-        except Exception as exc:  # noqa: BLE001
-            _faults.report("sqlalchemy: pool accounting (checkout)", exc)
-
-    def _wait_began(self) -> None:
-        try:
-            with self._lock:
-                self._waits.begin(self._clock())
-        except Exception as exc:  # noqa: BLE001
-            _faults.report("sqlalchemy: pool accounting (wait)", exc)
-
-    def _wait_ended(self) -> None:
-        try:
-            with self._lock:
-                self._waits.end(self._clock())
-        except Exception as exc:  # noqa: BLE001
-            _faults.report("sqlalchemy: pool accounting (wait)", exc)
-
-    def _creation_began(self) -> None:
-        try:
-            with self._lock:
-                self._creations.begin(self._clock())
-        except Exception as exc:  # noqa: BLE001
-            _faults.report("sqlalchemy: pool accounting (creation)", exc)
-
-    def _creation_ended(self, failed: bool) -> None:
-        try:
-            with self._lock:
-                self._creations.end(self._clock())
-                if failed:
-                    self._creation_failures += 1
-        except Exception as exc:  # noqa: BLE001
-            _faults.report("sqlalchemy: pool accounting (creation)", exc)
-
-    def _drop_lost_records(self, now_ns: int) -> None:
-        # A record collected while counted (its pool gone with it) never gets
-        # a checkin: it stops counting as in use, not as a release.
-        lost = [key for key, ref in self._records.items() if ref() is None]
-        for key in lost:
-            del self._records[key]
-            self._in_use.lose(now_ns)
-
-    def _checked_out(self, record: Any) -> None:
-        key = id(record)
-        with self._lock:
-            now_ns = self._clock()
-            known = self._records.get(key)
-            if known is not None:
-                if known() is record:
-                    return  # the checkout event again, on a reconnect retry
-                # A lost record's id, reused by a new one.
-                self._in_use.lose(now_ns)
-            self._records[key] = weakref.ref(record)
-            self._in_use.begin(now_ns)
-
-    def _released(self, record: Any) -> None:
-        key = id(record)
-        with self._lock:
-            known = self._records.get(key)
-            if known is not None and known() is record:
-                del self._records[key]
-                self._in_use.end(self._clock())
-
     # -------------------------------------------------------------- reading
 
     def snapshot(self) -> PoolSnapshot:
-        """Every figure, the counters read at one instant under the lock."""
+        """Every figure, the counters read at one instant by the core."""
         pool = self._current_pool() if self._current_pool is not None else None
         try:
             idle, overflow, size, max_overflow, timeout_ns = _gauges(pool)
         except Exception as exc:  # noqa: BLE001 - a pool of an unexpected kind
             _faults.report("sqlalchemy: could not read the pool's gauges", exc)
             idle = overflow = size = max_overflow = timeout_ns = None
-        with self._lock:
-            now_ns = self._clock()
-            wall_ns = time.time_ns()
-            self._drop_lost_records(now_ns)
-            checkouts, waits, creations, in_use = (
-                self._checkouts,
-                self._waits,
-                self._creations,
-                self._in_use,
-            )
-            return PoolSnapshot(
-                uptime_ns=now_ns - self._started_ns,
-                in_use=in_use.under_way,
-                idle=idle,
-                overflow=overflow,
-                waiting=waits.under_way,
-                size=size,
-                max_overflow=max_overflow,
-                timeout_ns=timeout_ns,
-                checkouts=checkouts.ended - self._checkout_failures,
-                checkout_failures=self._checkout_failures,
-                checkout_ns=checkouts.total_at(now_ns),
-                waits=waits.ended,
-                wait_ns=waits.total_at(now_ns),
-                timeouts=self._timeouts,
-                creations=creations.ended - self._creation_failures,
-                creation_failures=self._creation_failures,
-                creation_ns=creations.total_at(now_ns),
-                invalidations=self._invalidations,
-                soft_invalidations=self._soft_invalidations,
-                closes=self._closes,
-                releases=in_use.ended,
-                in_use_ns=in_use.total_at(now_ns),
-                wall_ns=wall_ns,
-                pool_id=self.pool_id,
-            )
+        # A record collected while counted (its pool gone with it) never gets
+        # a checkin: it stops counting as in use, not as a release.
+        self._counts._drop_lost(_IN_USE, self._records)
+        uptime_ns, wall_ns, slots = self._counts._read()
+        checkouts, waits, creations, in_use = (slots[i] for i in range(4))
+        # Each slot: (under way, ended, failures, timeouts, total ns).
+        return PoolSnapshot(
+            uptime_ns=uptime_ns,
+            in_use=in_use[0],
+            idle=idle,
+            overflow=overflow,
+            waiting=waits[0],
+            size=size,
+            max_overflow=max_overflow,
+            timeout_ns=timeout_ns,
+            checkouts=checkouts[1] - checkouts[2],
+            checkout_failures=checkouts[2],
+            checkout_ns=checkouts[4],
+            waits=waits[1],
+            wait_ns=waits[4],
+            timeouts=checkouts[3],
+            creations=creations[1] - creations[2],
+            creation_failures=creations[2],
+            creation_ns=creations[4],
+            invalidations=slots[_INVALIDATIONS][1],
+            soft_invalidations=slots[_SOFT_INVALIDATIONS][1],
+            closes=slots[_CLOSES][1],
+            releases=in_use[1],
+            in_use_ns=in_use[4],
+            wall_ns=wall_ns,
+            pool_id=self.pool_id,
+        )
 
     # --------------------------------------------------------- pool events
 
@@ -286,7 +169,7 @@ class PoolAccounting:
             if not self.active:
                 return
             try:
-                self._checked_out(record)
+                self._counts._hold(_IN_USE, self._records, id(record), record)
             except Exception as exc:  # noqa: BLE001
                 _faults.report("sqlalchemy: pool accounting (checkout event)", exc)
             # Also here, for connections the pool opened before the engine
@@ -297,17 +180,16 @@ class PoolAccounting:
             if not self.active:
                 return
             try:
-                self._released(record)
+                self._counts._release(_IN_USE, self._records, id(record), record)
             except Exception as exc:  # noqa: BLE001
                 _faults.report("sqlalchemy: pool accounting (checkin event)", exc)
 
-        def counter(name: str) -> Callable[..., None]:
+        def counter(index: int) -> Callable[..., None]:
             def on_event(*args: Any) -> None:
                 if not self.active:
                     return
                 try:
-                    with self._lock:
-                        setattr(self, name, getattr(self, name) + 1)
+                    self._counts._bump(index)
                 except Exception as exc:  # noqa: BLE001
                     _faults.report("sqlalchemy: pool accounting (event)", exc)
 
@@ -322,9 +204,9 @@ class PoolAccounting:
             ("checkout", on_checkout, False),
             ("checkin", on_release, False),
             ("detach", on_release, False),
-            ("invalidate", counter("_invalidations"), False),
-            ("soft_invalidate", counter("_soft_invalidations"), False),
-            ("close", counter("_closes"), False),
+            ("invalidate", counter(_INVALIDATIONS), False),
+            ("soft_invalidate", counter(_SOFT_INVALIDATIONS), False),
+            ("close", counter(_CLOSES), False),
         ]
 
     def listen(self, engine: Any) -> None:
@@ -359,16 +241,14 @@ class PoolAccounting:
                 )
             return
         patches = [
-            Patch(pool, "connect", lambda patch: self._counted_connect(patch.original)),
-            Patch(pool, "recreate", lambda patch: self._recreating(patch.original)),
+            Patch(pool, "connect", self._counted_connect),
+            Patch(pool, "recreate", lambda patch: self._recreating(_following_class(patch))),
         ]
         if callable(getattr(pool, "_invoke_creator", None)):
-            patches.append(
-                Patch(pool, "_invoke_creator", lambda p: self._counted_creator(p.original))
-            )
+            patches.append(Patch(pool, "_invoke_creator", self._counted_creator))
         queue = getattr(pool, "_pool", None) if isinstance(pool, QueuePool) else None
         if queue is not None and callable(getattr(queue, "get", None)):
-            patches.append(Patch(queue, "get", lambda patch: self._counted_get(patch.original)))
+            patches.append(Patch(queue, "get", self._counted_get))
         for patch in patches:
             patch.install()
         setattr(pool, _PATCHES_ATTRIBUTE, (self, patches))
@@ -388,25 +268,20 @@ class PoolAccounting:
             delattr(pool, _PATCHES_ATTRIBUTE)
         self._pools = weakref.WeakSet()
 
-    def _counted_connect(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        began, ended = self._checkout_began, self._checkout_ended
+    def _counted_connect(self, patch: Patch) -> Callable[..., Any]:
+        original = _following_class(patch)
+        timed = self._counts._timed(_CHECKOUTS, original, sa_exc.TimeoutError)
 
         def connect(*args: Any, **kwargs: Any) -> Any:
             if not self.active:
                 return original(*args, **kwargs)
-            began()
-            try:
-                connection = original(*args, **kwargs)
-            except BaseException as error:
-                ended(error)
-                raise
-            ended(None)
-            return connection
+            return timed(*args, **kwargs)
 
-        return like(connect, original)
+        return like(connect, patch.original)
 
-    def _counted_get(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        began, ended = self._wait_began, self._wait_ended
+    def _counted_get(self, patch: Patch) -> Callable[..., Any]:
+        original = _following_class(patch)
+        timed = self._counts._timed(_WAITS, original)
         empty = sa_queue.Empty
 
         def get(block: bool = True, timeout: float | None = None) -> Any:
@@ -417,30 +292,20 @@ class PoolAccounting:
                 return original(False)
             except empty:
                 pass
-            began()
-            try:
-                return original(True, timeout)
-            finally:
-                ended()
+            return timed(True, timeout)
 
-        return like(get, original)
+        return like(get, patch.original)
 
-    def _counted_creator(self, original: Callable[..., Any]) -> Callable[..., Any]:
-        began, ended = self._creation_began, self._creation_ended
+    def _counted_creator(self, patch: Patch) -> Callable[..., Any]:
+        original = _following_class(patch)
+        timed = self._counts._timed(_CREATIONS, original)
 
         def invoke_creator(*args: Any, **kwargs: Any) -> Any:
             if not self.active:
                 return original(*args, **kwargs)
-            began()
-            try:
-                connection = original(*args, **kwargs)
-            except BaseException:
-                ended(True)
-                raise
-            ended(False)
-            return connection
+            return timed(*args, **kwargs)
 
-        return like(invoke_creator, original)
+        return like(invoke_creator, patch.original)
 
     def _recreating(self, original: Callable[..., Any]) -> Callable[..., Any]:
         def recreate(*args: Any, **kwargs: Any) -> Any:
