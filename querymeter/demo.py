@@ -2,10 +2,13 @@
 
 A few tables (customers, products, orders, order items), seeded once; each
 worker thread runs a mix of reads and writes through the instrumented
-DB-API driver, against an embedded SQLite database in a temporary file or a
-PostgreSQL server (psycopg 3).  Each concurrency level runs for a fixed time
-and gives one Interval of the meter: one (N, X) point for the Universal
-Scalability Law.
+DB-API driver, against an embedded SQLite database in a temporary file, a
+PostgreSQL server (psycopg 3) or a MariaDB/MySQL server (PyMySQL).  Each
+concurrency level runs for a fixed time and gives one Interval of the meter:
+one (N, X) point for the Universal Scalability Law.
+
+The workload is written to raise no error on any of them: an error in a
+level's count is a fault of the demo, and the first one is kept to show it.
 """
 
 from __future__ import annotations
@@ -18,10 +21,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from . import dbapi
 from .interval import Interval
@@ -31,9 +35,13 @@ from .sampler import Sampler
 __all__ = [
     "DEFAULT_DURATION_S",
     "DEFAULT_LEVELS",
+    "DatabaseURL",
     "Level",
+    "MySQLDatabase",
     "PostgresDatabase",
     "SQLiteDatabase",
+    "open_database",
+    "parse_database_url",
     "run_levels",
 ]
 
@@ -52,6 +60,7 @@ class Database(Protocol):
     description: str
     placeholder: str
 
+    def driver(self) -> Any: ...
     def setup(self) -> None: ...
     def connect(self) -> Any: ...
     def place_order(self, connection: Any, customer: int, lines: list[tuple[int, int]]) -> None: ...
@@ -109,6 +118,9 @@ class SQLiteDatabase:
         self.path = os.path.join(self._directory, "shop.db")
         self.description = f"SQLite {sqlite3.sqlite_version} (embedded, {self.path})"
 
+    def driver(self) -> Any:
+        return sqlite3
+
     def setup(self) -> None:
         connection = sqlite3.connect(self.path, isolation_level=None)
         try:
@@ -163,6 +175,9 @@ class PostgresDatabase:
             version = connection.execute("SHOW server_version").fetchone()
         self.description = f"PostgreSQL {version[0] if version else '?'} ({_redacted(dsn)})"
 
+    def driver(self) -> Any:
+        return self._psycopg
+
     def _connect(self) -> Any:
         return self._psycopg.connect(
             self._dsn, autocommit=True, options=f"-c search_path={self._schema}"
@@ -173,6 +188,13 @@ class PostgresDatabase:
             connection.execute(f"CREATE SCHEMA {self._schema}")
         with self._connect() as connection, connection.transaction():
             _create_and_seed(connection, self.placeholder, "BIGSERIAL PRIMARY KEY")
+            # The seeded orders took explicit ids, which do not advance the
+            # sequence: without this, the workload's first inserts would
+            # collide with them (UniqueViolation) until it caught up.
+            connection.execute(
+                "SELECT setval(pg_get_serial_sequence('shop_order', 'id'), "
+                "(SELECT max(id) FROM shop_order))"
+            )
 
     def connect(self) -> Any:
         return self._connect()
@@ -192,10 +214,168 @@ class PostgresDatabase:
             connection.execute(f"DROP SCHEMA IF EXISTS {self._schema} CASCADE")
 
 
+class MySQLDatabase:
+    """A MariaDB or MySQL server through PyMySQL, in a database of its own, dropped afterwards."""
+
+    placeholder = "%s"
+
+    def __init__(self, params: dict[str, Any], shown: str) -> None:
+        import pymysql
+
+        self._pymysql = pymysql
+        # The URL's database is only where to connect first: the demo's
+        # tables go into a database of their own.
+        self._params = {key: value for key, value in params.items() if key != "database"}
+        self._database = f"querymeter_demo_{uuid.uuid4().hex[:12]}"
+        connection = pymysql.connect(connect_timeout=10, **params)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT VERSION()")
+                row = cursor.fetchone()
+        finally:
+            connection.close()
+        version = str(row[0]) if row else "?"
+        product = "MariaDB" if "mariadb" in version.lower() else "MySQL"
+        self.description = f"{product} {version} ({shown})"
+
+    def driver(self) -> Any:
+        return self._pymysql
+
+    def setup(self) -> None:
+        connection = self._pymysql.connect(connect_timeout=10, **self._params)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"CREATE DATABASE {self._database}")
+        finally:
+            connection.close()
+        connection = self._pymysql.connect(database=self._database, **self._params)
+        try:
+            connection.begin()
+            _create_and_seed(connection, self.placeholder, "BIGINT AUTO_INCREMENT PRIMARY KEY")
+            connection.commit()
+        finally:
+            connection.close()
+
+    def connect(self) -> Any:
+        # READ COMMITTED, as PostgreSQL's default: under InnoDB's REPEATABLE
+        # READ, INSERT ... SELECT and the subquery of an UPDATE lock the rows
+        # and gaps they read, and concurrent orders would deadlock.
+        return self._pymysql.connect(
+            database=self._database,
+            autocommit=True,
+            init_command="SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            **self._params,
+        )
+
+    def place_order(self, connection: Any, customer: int, lines: list[tuple[int, int]]) -> None:
+        connection.begin()
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "INSERT INTO shop_order (customer_id, created_ns, total_cents) "
+                    "VALUES (%s, %s, 0)",
+                    (customer, time.time_ns()),
+                )
+                _write_lines(cursor, "%s", cursor.lastrowid, lines)
+            connection.commit()
+        except BaseException:
+            connection.rollback()
+            raise
+
+    def close(self) -> None:
+        connection = self._pymysql.connect(connect_timeout=10, **self._params)
+        try:
+            with connection.cursor() as cursor:
+                cursor.execute(f"DROP DATABASE IF EXISTS {self._database}")
+        finally:
+            connection.close()
+
+
+@dataclass(frozen=True)
+class DatabaseURL:
+    """A --dsn URL, read: which server, how to reach it, and how to show it."""
+
+    kind: Literal["postgresql", "mysql"]
+    #: For PostgreSQL, the URL as libpq reads it (postgresql://...).
+    url: str
+    #: For MariaDB/MySQL, PyMySQL's connect() arguments.
+    params: dict[str, Any]
+    #: The URL without its password, for printing.
+    shown: str
+
+
+_POSTGRESQL_SCHEMES = ("postgresql", "postgres", "postgresql+psycopg")
+_MYSQL_SCHEMES = ("mysql", "mariadb", "mysql+pymysql", "mariadb+pymysql")
+_MYSQL_QUERY = {"charset": str, "unix_socket": str, "connect_timeout": int}
+
+
+def parse_database_url(text: str) -> DatabaseURL:
+    """Read a database URL; raise ValueError saying what is wrong with it.
+
+    ``postgresql://`` (or ``postgres://``, or SQLAlchemy's
+    ``postgresql+psycopg://``) goes to psycopg 3; ``mysql://``, ``mariadb://``
+    (or ``mysql+pymysql://``, ``mariadb+pymysql://``) to PyMySQL.  Another
+    driver after ``+`` is refused rather than silently replaced.
+    """
+    scheme, separator, _ = text.partition("://")
+    scheme = scheme.lower()
+    if not separator or scheme not in _POSTGRESQL_SCHEMES + _MYSQL_SCHEMES:
+        dialect, plus, driver = scheme.partition("+")
+        if separator and plus and dialect in ("postgresql", "postgres", "mysql", "mariadb"):
+            wanted = "psycopg" if dialect.startswith("postgres") else "pymysql"
+            raise ValueError(
+                f"the demo connects through {wanted}, not {driver}: write "
+                f"{dialect}+{wanted}:// or {dialect}:// (got {_redacted(text)!r})"
+            )
+        raise ValueError(
+            "expected a database URL: postgresql://user@host/db, mysql://user@host/db "
+            "or mariadb://user@host/db (SQLAlchemy's postgresql+psycopg:// and "
+            f"mysql+pymysql:// too), got {_redacted(text)!r}"
+        )
+    shown = _redacted(text)
+    if scheme in _POSTGRESQL_SCHEMES:
+        return DatabaseURL("postgresql", "postgresql://" + text.partition("://")[2], {}, shown)
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError as exc:
+        raise ValueError(f"bad port in {shown!r}: {exc}") from None
+    params: dict[str, Any] = {
+        "host": unquote(parts.hostname or "localhost"),
+        "port": port or 3306,
+        "user": unquote(parts.username or "root"),
+        "password": unquote(parts.password or ""),
+    }
+    database = unquote(parts.path.lstrip("/"))
+    if database:
+        params["database"] = database
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        convert = _MYSQL_QUERY.get(key)
+        if convert is None:
+            known = ", ".join(_MYSQL_QUERY)
+            raise ValueError(f"unknown parameter {key!r} in {shown!r} (known: {known})")
+        try:
+            params[key] = convert(value)
+        except ValueError:
+            raise ValueError(f"bad value {value!r} for {key!r} in {shown!r}") from None
+    return DatabaseURL("mysql", text, params, shown)
+
+
+def open_database(url: DatabaseURL | None) -> SQLiteDatabase | PostgresDatabase | MySQLDatabase:
+    """The database a demo runs on: SQLite without a URL; connects once to check a server.
+
+    Raises ImportError without the driver, and the driver's error when the
+    server cannot be reached.
+    """
+    if url is None:
+        return SQLiteDatabase()
+    if url.kind == "postgresql":
+        return PostgresDatabase(url.url)
+    return MySQLDatabase(url.params, url.shown)
+
+
 def _redacted(dsn: str) -> str:
     """The DSN without its password, for printing."""
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(dsn)
     if parts.password is None:
         return dsn
@@ -266,6 +446,9 @@ class Level:
 
     threads: int
     interval: Interval
+    #: The first error the workload raised in this level, as "Type: message";
+    #: None when there was none (as there should be).
+    first_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -295,23 +478,16 @@ def run_levels(
     levels: tuple[int, ...] = DEFAULT_LEVELS,
     duration_s: float = DEFAULT_DURATION_S,
     progress: Callable[[Progress], None] | None = None,
-) -> Iterator[Level]:
+) -> Generator[Level, None, None]:
     """Run the workload at each concurrency level in turn, yielding one Level as each ends.
 
     Each level starts its threads, lets them warm up, then measures for
     ``duration_s`` seconds.  Worker errors other than the database's own
     (which the meter counts) stop the run and are raised.
     """
-    module = sqlite3 if isinstance(database, SQLiteDatabase) else _psycopg_module()
-    with _instrumented(module, meter):
+    with _instrumented(database.driver(), meter):
         for index, threads in enumerate(levels):
             yield _run_level(database, meter, index, len(levels), threads, duration_s, progress)
-
-
-def _psycopg_module() -> Any:
-    import psycopg
-
-    return psycopg
 
 
 def _run_level(
@@ -325,6 +501,7 @@ def _run_level(
 ) -> Level:
     stop = threading.Event()
     failures: list[BaseException] = []
+    database_errors: list[str] = []
     connections = [database.connect() for _ in range(threads)]
 
     def worker(number: int) -> None:
@@ -337,6 +514,8 @@ def _run_level(
                 if not _is_database_error(exc):
                     failures.append(exc)
                     stop.set()
+                elif not database_errors:  # racy, so a few at most: one per thread
+                    database_errors.append(f"{type(exc).__name__}: {exc}".strip())
 
     workers = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(threads)]
     try:
@@ -359,7 +538,7 @@ def _run_level(
             connection.close()
     if failures:
         raise failures[0]
-    return Level(threads, after - before)
+    return Level(threads, after - before, database_errors[0] if database_errors else None)
 
 
 def _is_database_error(exc: Exception) -> bool:
