@@ -9,8 +9,8 @@ factories, cursor factories, subclasses), never through a generic proxy: a
 counted ``cursor.execute`` is the driver's own, wrapped in one C call.  What is
 counted for each driver is listed in docs/dbapi/.
 
-Supported drivers: sqlite3, psycopg (3, sync and async), psycopg2, pymysql and
-aiosqlite.
+Supported drivers: sqlite3, psycopg (3, sync and async), psycopg2, pymysql,
+aiosqlite and asyncpg.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ __all__ = [
     "wrap_connection",
 ]
 
-SUPPORTED_DRIVERS = ("sqlite3", "psycopg", "psycopg2", "pymysql", "aiosqlite")
+SUPPORTED_DRIVERS = ("sqlite3", "psycopg", "psycopg2", "pymysql", "aiosqlite", "asyncpg")
 
 _instrumented: dict[str, tuple[Meter, list[Patch]]] = {}
 _lock = threading.Lock()
