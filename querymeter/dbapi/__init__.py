@@ -10,7 +10,7 @@ counted ``cursor.execute`` is the driver's own, wrapped in one C call.  What is
 counted for each driver is listed in docs/dbapi/.
 
 Supported drivers: sqlite3, psycopg (3, sync and async), psycopg2, pymysql,
-aiosqlite and asyncpg.
+aiosqlite, asyncpg and MySQLdb (mysqlclient).
 """
 
 from __future__ import annotations
@@ -35,14 +35,22 @@ __all__ = [
     "wrap_connection",
 ]
 
-SUPPORTED_DRIVERS = ("sqlite3", "psycopg", "psycopg2", "pymysql", "aiosqlite", "asyncpg")
+SUPPORTED_DRIVERS = (
+    "sqlite3",
+    "psycopg",
+    "psycopg2",
+    "pymysql",
+    "aiosqlite",
+    "asyncpg",
+    "MySQLdb",
+)
 
 _instrumented: dict[str, tuple[Meter, list[Patch]]] = {}
 _lock = threading.Lock()
 
 
 def _adapter(name: str) -> Any:
-    return importlib.import_module(f"{__name__}._{name}")
+    return importlib.import_module(f"{__name__}._{name.lower()}")
 
 
 def _driver_name(module: object) -> str:
@@ -108,8 +116,10 @@ def instrumented_meter(module: types.ModuleType) -> Meter | None:
 
 def _adapter_for_connection(connection: object) -> Any:
     for name in SUPPORTED_DRIVERS:
-        if name not in sys.modules:
-            continue  # a connection of a driver never imported cannot exist
+        # A connection of a driver never imported cannot exist (nor of MySQLdb
+        # where sys.modules["MySQLdb"] is PyMySQL, installed as MySQLdb).
+        if getattr(sys.modules.get(name), "__name__", None) != name:
+            continue
         adapter = _adapter(name)
         if isinstance(connection, adapter.connection_types()):
             return adapter
