@@ -4,31 +4,46 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import textwrap
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from . import __version__, usl
 from .core import IMPLEMENTATION
 from .demo import (
     DEFAULT_DURATION_S,
     DEFAULT_LEVELS,
+    DatabaseURL,
     Level,
+    MySQLDatabase,
     PostgresDatabase,
     Progress,
     SQLiteDatabase,
+    open_database,
+    parse_database_url,
     run_levels,
 )
 from .meter import Meter
-from .report import render_html
+from .report import COLUMNS, FitReading, level_points, read_fit, render_html
 
 __all__ = ["main"]
 
 MAX_THREADS = 256
 MAX_DURATION_S = 3600.0
+#: The exit status of an interrupted run (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 130
+#: The exit status when the output's reader went away (128 + SIGPIPE): what a
+#: shell reports for a program that the closed pipe's signal ended.
+EXIT_BROKEN_PIPE = 141
+WIDTH = 88
 
 
 def _seconds(text: str) -> float:
@@ -60,6 +75,17 @@ def _levels(text: str) -> tuple[int, ...]:
     return levels
 
 
+def _database_url(text: str) -> DatabaseURL:
+    try:
+        return parse_database_url(text)
+    except ValueError as exc:
+        # ArgumentTypeError: argparse shows the message as it is, under the
+        # usage of the subcommand whose argument it is.
+        raise argparse.ArgumentTypeError(
+            f"{exc}; leave --dsn out to use the embedded SQLite database"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="querymeter",
@@ -75,12 +101,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run a small shop workload (reads and writes on a few tables, through "
         "the instrumented DB-API) at increasing concurrency; print throughput, concurrency, "
         "response time, utilization and service time per level, fit the Universal "
-        "Scalability Law, and write an HTML report with charts.",
+        "Scalability Law and say whether it describes the measurements, and write an HTML "
+        "report with charts. Ctrl-C stops the run and keeps the levels measured so far.",
     )
     demo.add_argument(
         "--dsn",
+        type=_database_url,
         metavar="URL",
-        help="a PostgreSQL URL (postgresql://user@host/db) to run against, through psycopg 3; "
+        help="a database server to run against, in a schema (or database) of its own that "
+        "is dropped afterwards: postgresql://user@host/db through psycopg 3, or "
+        "mysql://user@host/db or mariadb://... through PyMySQL (SQLAlchemy's "
+        "postgresql+psycopg:// and mysql+pymysql:// work too); "
         "default: an embedded SQLite database in a temporary file",
     )
     demo.add_argument(
@@ -97,14 +128,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N,N,...",
         help=f"worker threads per level (default {','.join(map(str, DEFAULT_LEVELS))})",
     )
-    demo.add_argument(
+    where = demo.add_mutually_exclusive_group()
+    where.add_argument(
         "--report",
         type=Path,
         default=Path("querymeter-demo.html"),
         metavar="PATH",
         help="where to write the HTML report (default ./querymeter-demo.html)",
     )
+    where.add_argument("--no-report", action="store_true", help="write no HTML report")
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document (the levels, the model and how well it fits) "
+        "instead of the tables, for scripts and CI",
+    )
+    demo.set_defaults(command_parser=demo)
     return parser
+
+
+# -- the terminal ------------------------------------------------------------
 
 
 def _row(threads: object, *cells: str) -> str:
@@ -126,6 +169,28 @@ def _level_line(level: Level) -> str:
         _number(None if interval.service_time is None else interval.service_time * 1e3, ".3f"),
         f"{interval.errors:,}",
     )
+
+
+def _first_line(text: str) -> str:
+    return text.splitlines()[0] if text else text
+
+
+def _error_line(level: Level) -> str | None:
+    if not level.interval.errors:
+        return None
+    first = f"; the first: {_first_line(level.first_error)}" if level.first_error else ""
+    return f"{'':>9}! {level.interval.errors:,} queries raised an error{first}"
+
+
+def _legend() -> str:
+    lines = ["What the columns mean:"]
+    for name, meaning in COLUMNS:
+        if name == "queries":  # a column of the report only
+            continue
+        lines.append(
+            textwrap.fill(meaning, WIDTH, initial_indent=f"  {name:<9}", subsequent_indent=" " * 11)
+        )
+    return "\n".join(lines)
 
 
 class _ProgressLine:
@@ -155,117 +220,339 @@ class _ProgressLine:
             self._stream.flush()
 
 
-def _print_model(model: usl.Model, out: TextIO) -> None:
-    r_squared = "-" if model.r_squared is None else f"{model.r_squared:.4f}"
-    peak = (
-        "none (kappa is 0)"
-        if math.isinf(model.peak_concurrency)
-        else (f"{model.peak_concurrency:.1f}")
-    )
-    max_x = (
-        "unbounded"
-        if math.isinf(model.max_throughput)
-        else (f"{model.max_throughput:,.0f} queries/s")
-    )
-    print(
-        f"\nUniversal Scalability Law, fitted to {model.n_points} points (R² {r_squared}):",
-        file=out,
-    )
-    for name, value in (
-        ("sigma (contention)", f"{model.sigma:.4g}"),
-        ("kappa (coherency)", f"{model.kappa:.4g}"),
-        ("lambda", f"{model.lam:,.0f} queries/s"),
-        ("N* (peak)", peak),
-        ("X max", max_x),
-        ("limiting factor", model.limiting_factor),
-    ):
-        print(f"  {name:<20} {value}", file=out)
+def _paragraph(text: str, bullet: str = "", indent: str = "  ") -> str:
+    indent += bullet
+    return textwrap.fill(text, WIDTH, initial_indent=indent, subsequent_indent=" " * len(indent))
+
+
+def fit_text(model: usl.Model | None, reading: FitReading) -> str:
+    """The terminal's account of the model: what it means, or why it means nothing, and advice."""
+    out: list[str] = []
+    if model is None:
+        out.append(f"No scalability model.\n{_paragraph(reading.summary)}")
+    else:
+        r_squared = "-" if model.r_squared is None else f"{model.r_squared:.4f}"
+        out.append(
+            f"Universal Scalability Law, fitted to {model.n_points} points "
+            f"(R² {r_squared}; 1 is a perfect fit):\n{_paragraph(reading.summary)}"
+        )
+    for problem in reading.problems:
+        out.append(_paragraph(problem, "- "))
+    if model is not None and reading.describes_data:
+        peak = (
+            "none (kappa is 0)"
+            if math.isinf(model.peak_concurrency)
+            else f"{model.peak_concurrency:.1f}"
+        )
+        max_x = (
+            "unbounded"
+            if math.isinf(model.max_throughput)
+            else f"{model.max_throughput:,.0f} queries/s"
+        )
+        out.append("")
+        for name, value, meaning in (
+            ("sigma", f"{model.sigma:.4g}", "contention: the share of work done one at a time"),
+            ("kappa", f"{model.kappa:.4g}", "coherency: the cost of agreeing, per pair"),
+            ("lambda", f"{model.lam:,.0f} queries/s", "one query at a time, without overhead"),
+            ("N*", peak, "the concurrency of highest throughput"),
+            ("X max", max_x, "the highest throughput"),
+            ("limited by", model.limiting_factor, ""),
+        ):
+            out.append(f"  {name:<11} {value:<18} {meaning}".rstrip())
+        for caution in reading.cautions:
+            out.append(_paragraph(caution, "! "))
+    if reading.advice:
+        out.append("  What to do:")
+        for advice in reading.advice:
+            out.append(_paragraph(advice, "- ", "    "))
+    if model is not None and not reading.describes_data:
+        out.append(
+            _paragraph(
+                f"The fitted coefficients, for the record only: sigma {model.sigma:.4g}, "
+                f"kappa {model.kappa:.4g}, lambda {model.lam:,.0f} queries/s."
+            )
+        )
+    return "\n".join(out)
+
+
+# -- JSON ----------------------------------------------------------------------
+
+
+def _finite(value: float | None) -> float | None:
+    """JSON has no infinity: an unbounded figure is null."""
+    return None if value is None or not math.isfinite(value) else value
+
+
+def _json_document(
+    *,
+    database: str,
+    duration_s: float,
+    levels: tuple[int, ...],
+    measured: Sequence[Level],
+    model: usl.Model | None,
+    reading: FitReading,
+    interrupted: bool,
+    report: str | None,
+) -> dict[str, Any]:
+    return {
+        "querymeter": __version__,
+        "core": IMPLEMENTATION,
+        "database": database,
+        "duration_s": duration_s,
+        "levels_requested": list(levels),
+        "interrupted": interrupted,
+        "levels": [
+            {
+                "threads": level.threads,
+                "duration_ns": level.interval.duration_ns,
+                "queries": level.interval.queries,
+                "errors": level.interval.errors,
+                "total_ns": level.interval.total_ns,
+                "busy_ns": level.interval.busy_ns,
+                "concurrency": level.interval.concurrency,
+                "throughput": level.interval.throughput,
+                "response_time_s": level.interval.response_time,
+                "utilization": level.interval.utilization,
+                "service_time_s": level.interval.service_time,
+                "first_error": level.first_error,
+            }
+            for level in measured
+        ],
+        "model": None
+        if model is None
+        else {
+            "sigma": model.sigma,
+            "kappa": model.kappa,
+            "lambda": model.lam,
+            "peak_concurrency": _finite(model.peak_concurrency),
+            "max_throughput": _finite(model.max_throughput),
+            "limiting_factor": model.limiting_factor,
+            "n_points": model.n_points,
+            "r_squared": model.r_squared,
+            "at_bound": list(model.at_bound),
+            "converged": model.converged,
+        },
+        "fit": {
+            "describes_data": reading.describes_data,
+            "summary": reading.summary,
+            "problems": list(reading.problems),
+            "cautions": list(reading.cautions),
+            "advice": list(reading.advice),
+        },
+        "report": report,
+    }
+
+
+# -- the run -------------------------------------------------------------------
+
+
+def _report_path_problem(path: Path) -> str | None:
+    """Why the report cannot be written at ``path``, or None; leaves no new file behind."""
+    if path.is_dir():
+        return "it is a directory"
+    if not path.absolute().parent.is_dir():
+        return "its directory does not exist"
+    existed = path.exists()
+    try:
+        # O_NONBLOCK: a FIFO without a reader fails at once instead of waiting.
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NONBLOCK, 0o666)
+    except OSError as exc:
+        return f"cannot write it: {exc.strerror or exc}"
+    os.close(descriptor)
+    if not existed:
+        path.unlink(missing_ok=True)
+    return None
+
+
+@contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C is ignored in the block: cleaning up (dropping the demo's schema) is not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        yield
+        return
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _close(database: SQLiteDatabase | PostgresDatabase | MySQLDatabase) -> None:
+    with _interrupts_deferred():
+        try:
+            database.close()
+        except Exception as exc:  # noqa: BLE001 - the results stand; say what was left behind
+            print(f"querymeter demo: could not clean up the database: {exc}", file=sys.stderr)
+
+
+def _kind(url: DatabaseURL | None) -> str:
+    if url is None:
+        return "SQLite"
+    return "PostgreSQL" if url.kind == "postgresql" else "MariaDB/MySQL"
 
 
 def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Run the demo as the arguments ask; returns the exit status."""
     out = sys.stdout
-    report_path: Path = args.report
-    if report_path.is_dir():
-        parser.error(f"argument --report: {str(report_path)!r} is a directory")
-    if not report_path.absolute().parent.is_dir():
-        parser.error(f"argument --report: the directory of {str(report_path)!r} does not exist")
-    if args.dsn is not None:
-        if not args.dsn.startswith(("postgresql://", "postgres://")):
-            parser.error(
-                "argument --dsn: expected a PostgreSQL URL (postgresql://...); "
-                "leave --dsn out to use the embedded SQLite database"
-            )
-        try:
-            database: SQLiteDatabase | PostgresDatabase = PostgresDatabase(args.dsn)
-        except ImportError:
-            parser.error(
-                "argument --dsn: the PostgreSQL demo needs psycopg: pip install 'psycopg[binary]'"
-            )
-        except Exception as exc:  # noqa: BLE001 - any connection failure is the user's to fix
-            print(f"querymeter demo: cannot use the PostgreSQL database: {exc}", file=sys.stderr)
-            return 1
-    else:
-        database = SQLiteDatabase()
+    human = not args.json
+    report_path: Path | None = None if args.no_report else args.report
+    if report_path is not None:
+        problem = _report_path_problem(report_path)
+        if problem is not None:
+            parser.error(f"argument --report: {str(report_path)!r}: {problem}")
+    url: DatabaseURL | None = args.dsn
+    try:
+        database = open_database(url)
+    except ImportError:
+        postgresql = url is not None and url.kind == "postgresql"
+        needs = (
+            "psycopg: pip install 'psycopg[binary]'"
+            if postgresql
+            else "PyMySQL: pip install PyMySQL"
+        )
+        parser.error(f"argument --dsn: the {_kind(url)} demo needs {needs}")
+    except Exception as exc:  # noqa: BLE001 - any connection failure is the user's to fix
+        print(f"querymeter demo: cannot use the {_kind(url)} database: {exc}", file=sys.stderr)
+        return 1
 
     levels: tuple[int, ...] = args.levels
-    print(
-        f"querymeter {__version__} demo: {database.description}, {IMPLEMENTATION} core\n"
-        f"{len(levels)} levels ({','.join(map(str, levels))} threads), "
-        f"{args.duration:g} s each\n",
-        file=out,
-    )
-    print(_row("threads", "N", "X (queries/s)", "R (ms)", "U", "S (ms)", "errors"), file=out)
     progress = _ProgressLine(sys.stderr)
     measured: list[Level] = []
+    interrupted = False
+    status = 0
+    # Everything from here on is inside the try whose finally drops the demo's
+    # tables: even the first print, which a closed pipe can fail.
     try:
-        database.setup()
-        for level in run_levels(database, Meter(), levels, args.duration, progress):
-            progress.clear()
-            measured.append(level)
-            print(_level_line(level), file=out, flush=True)
+        if human:
+            print(
+                f"querymeter {__version__} demo: {database.description}, {IMPLEMENTATION} core\n"
+                f"{len(levels)} levels ({','.join(map(str, levels))} threads), "
+                f"{args.duration:g} s each\n\n{_legend()}\n",
+                file=out,
+                flush=True,
+            )
+            print(
+                _row("threads", "N", "X (queries/s)", "R (ms)", "U", "S (ms)", "errors"), file=out
+            )
+        try:
+            database.setup()
+        except Exception as exc:  # noqa: BLE001 - a server that refuses is the user's to fix
+            print(f"querymeter demo: cannot create the demo's tables: {exc}", file=sys.stderr)
+            return 1
+        with closing(run_levels(database, Meter(), levels, args.duration, progress)) as run:
+            for level in run:
+                progress.clear()
+                measured.append(level)
+                if human:
+                    print(_level_line(level), file=out)
+                    if (line := _error_line(level)) is not None:
+                        print(line, file=out)
+                    out.flush()
     except KeyboardInterrupt:
         progress.clear()
-        print("querymeter demo: interrupted", file=sys.stderr)
-        return 130
+        interrupted = True
     finally:
-        database.close()
+        _close(database)
 
-    points = [
-        (level.interval.concurrency, level.interval.throughput)
-        for level in measured
-        if level.interval.queries
-    ]
+    if interrupted:
+        print(
+            f"querymeter demo: interrupted; {len(measured)} of {len(levels)} levels measured",
+            file=sys.stderr,
+        )
+    points = level_points(measured)
     model: usl.Model | None = None
     fit_problem: str | None = None
-    try:
-        model = usl.fit(points)
-    except ValueError as exc:
-        fit_problem = str(exc)
-        print(f"\nNo scalability model: {fit_problem}", file=out)
-    if model is not None:
-        _print_model(model, out)
+    if len(points) < 3:
+        fit_problem = f"{len(points)} levels measured, and a model needs at least 3"
+    else:
+        try:
+            model = usl.fit(points)
+        except ValueError as exc:
+            fit_problem = str(exc)
+    reading = read_fit(model, points, cores=os.cpu_count(), fit_problem=fit_problem)
+    if human:
+        print(f"\n{fit_text(model, reading)}", file=out)
 
-    report_path.write_text(
-        render_html(
-            measured,
-            model,
+    written: str | None = None
+    if report_path is not None and measured:
+        notice = (
+            f"Interrupted during level {len(measured) + 1} of {len(levels)}: "
+            f"this report shows the {len(measured)} levels measured before."
+            if interrupted
+            else None
+        )
+        try:
+            report_path.write_text(
+                render_html(
+                    measured,
+                    model,
+                    database=database.description,
+                    implementation=IMPLEMENTATION,
+                    duration_s=args.duration,
+                    generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+                    reading=reading,
+                    notice=notice,
+                ),
+                encoding="utf-8",
+            )
+            written = os.path.abspath(report_path)
+        except OSError as exc:
+            print(f"querymeter demo: cannot write the report: {exc}", file=sys.stderr)
+            status = 1
+    if args.json:
+        document = _json_document(
             database=database.description,
-            implementation=IMPLEMENTATION,
             duration_s=args.duration,
-            generated=datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            fit_problem=fit_problem,
-        ),
-        encoding="utf-8",
-    )
-    print(f"\nreport: {os.path.abspath(report_path)}", file=out)
-    return 0
+            levels=levels,
+            measured=measured,
+            model=model,
+            reading=reading,
+            interrupted=interrupted,
+            report=written,
+        )
+        json.dump(document, out, indent=2, allow_nan=False)
+        print(file=out)
+    elif written is not None:
+        print(f"\nreport: {written}", file=out)
+    elif report_path is not None:
+        print("\nno report: no level was measured", file=out)
+    return EXIT_INTERRUPTED if interrupted else status
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        # parse_args() would blame the program's usage; the command's is the helpful one.
+        command_parser: argparse.ArgumentParser = getattr(args, "command_parser", parser)
+        command_parser.error(f"unrecognized arguments: {' '.join(extras)}")
+    if args.command == "demo":
+        return run_demo(args, args.command_parser)
+    parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checks it
+    return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        return run_demo(args, parser)
-    parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checks it
-    return 2
+    try:
+        try:
+            status = _main(argv)
+        except SystemExit as exit_:  # argparse: --help, --version, a usage error
+            status = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        except KeyboardInterrupt:  # before or after the run, which keeps what it measured
+            print("querymeter: interrupted", file=sys.stderr)
+            status = EXIT_INTERRUPTED
+        # Flushed here, where a closed pipe can still be handled quietly.
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        # The reader went away (| head): stop quietly.  Python would flush
+        # stdout again at exit and complain, so point it at /dev/null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
