@@ -214,6 +214,11 @@ class _ProgressLine:
         )
         self._stream.flush()
 
+    def note(self, text: str) -> None:
+        if self._live:
+            self._stream.write(f"\r  {text}\x1b[K")
+            self._stream.flush()
+
     def clear(self) -> None:
         if self._live:
             self._stream.write("\r\x1b[K")
@@ -438,6 +443,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(
                 _row("threads", "N", "X (queries/s)", "R (ms)", "U", "S (ms)", "errors"), file=out
             )
+        progress.note("creating the demo's tables...")
         try:
             database.setup()
         except Exception as exc:  # noqa: BLE001 - a server that refuses is the user's to fix
