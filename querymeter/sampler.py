@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterator
 from types import TracebackType
@@ -34,7 +36,9 @@ class Sampler:
         model = querymeter.usl.fit(sampler.points())
 
     Iterating a sampler yields its intervals as they arrive (those still kept
-    first) until it stops.  A sampler runs once.
+    first) until it stops.  A sampler runs once; in a child process forked
+    while it runs, it has stopped (the meter starts again from zero there):
+    start a new one in the child.
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class Sampler:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._running = False
+        _live_samplers.add(self)
 
     @property
     def meter(self) -> Meter:
@@ -150,6 +155,15 @@ class Sampler:
             position += 1
             yield interval
 
+    def _after_fork_in_child(self) -> None:
+        # The sampling thread is the parent's: in the child the sampler has
+        # stopped (its meter starts again from zero there), and a lock that
+        # another thread of the parent held at the fork would never be released.
+        self._condition = threading.Condition()
+        self._stopping = threading.Event()
+        self._stopping.set()
+        self._running = False
+
     def _run(self, first: Snapshot) -> None:
         previous = first
         deadline = time.monotonic_ns() + self._period_ns
@@ -174,3 +188,16 @@ class Sampler:
             with self._condition:
                 self._running = False
                 self._condition.notify_all()
+
+
+# Every live sampler, so that a forked child can renew their locks.
+_live_samplers: weakref.WeakSet[Sampler] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for sampler in list(_live_samplers):
+        sampler._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

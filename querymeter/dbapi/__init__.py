@@ -16,6 +16,7 @@ aiosqlite, asyncpg and MySQLdb (mysqlclient).
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 import threading
 import types
@@ -47,6 +48,17 @@ SUPPORTED_DRIVERS = (
 
 _instrumented: dict[str, tuple[Meter, list[Patch]]] = {}
 _lock = threading.Lock()
+
+
+def _renew_lock_in_child() -> None:
+    # A thread of the parent may have held the lock at the fork: in the child
+    # it would never be released.
+    global _lock
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_lock_in_child)
 
 
 def _adapter(name: str) -> Any:

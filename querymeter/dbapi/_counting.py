@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -59,6 +60,22 @@ def report_fault(cause: str, exc: BaseException | None = None) -> None:
 # cursor of the class is left.
 _classes: weakref.WeakValueDictionary[tuple[type, int], type] = weakref.WeakValueDictionary()
 _classes_lock = threading.Lock()
+
+# Every object with a ``_lock`` of its own, for a forked child to renew.
+_lock_owners: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _renew_locks_in_child() -> None:
+    # A thread of the parent may have held a lock at the fork: in the child it
+    # would never be released.
+    global _classes_lock
+    _classes_lock = threading.Lock()
+    for owner in list(_lock_owners):
+        owner._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_locks_in_child)
 
 
 def original_class(cls: type) -> type:
@@ -227,6 +244,7 @@ class _ConnectionMeters:
     def __init__(self) -> None:
         self._entries: dict[int, tuple[weakref.ref[Any], Meter]] = {}
         self._lock = threading.Lock()
+        _lock_owners.add(self)
 
     def get(self, connection: object) -> Meter | None:
         entry = self._entries.get(id(connection))
@@ -289,6 +307,7 @@ class ConnectionClasses:
         self._build = build
         self._classes: weakref.WeakValueDictionary[type, type] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
+        _lock_owners.add(self)
 
     def __call__(self, base: type) -> type[Any]:
         base = original_class(base)

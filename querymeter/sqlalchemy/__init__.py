@@ -19,6 +19,7 @@ importing this module does.
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import Any
@@ -59,6 +60,17 @@ if int(sqlalchemy.__version__.split(".")[0]) < 2:  # pragma: no cover
 # One lock for every change of what is instrumented: instrument, uninstrument
 # and the engine_created hook may run in several threads at once.
 _lock = threading.RLock()
+
+
+def _renew_lock_in_child() -> None:
+    # A thread of the parent may have held the lock at the fork: in the child
+    # it would never be released.
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_lock_in_child)
 
 
 def _engine_of(target: object) -> Any:
