@@ -11,6 +11,7 @@ a connection whose class cannot be changed back can still be switched off.
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import functools
 import os
@@ -20,11 +21,13 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from typing import Any
 
 from .. import _faults
+from .._patching import Patch
 from ..meter import Meter
 
 __all__ = [
     "ConnectionClasses",
     "CountedMethod",
+    "InPlaceCounting",
     "batch",
     "connection_meter",
     "connection_namespace",
@@ -34,6 +37,7 @@ __all__ = [
     "counted_context",
     "counted_iteration",
     "forget_connection",
+    "quiet_subclass",
     "report_fault",
     "set_connection_meter",
     "tracked",
@@ -94,30 +98,106 @@ def counted_class(base: type, meter: Meter, methods: Mapping[str, CountedMethod]
     """The subclass of ``base`` whose ``methods`` count into ``meter``; made once, then cached.
 
     A class that is already counted is taken back to its original first, so
-    that counting never stacks.
+    that counting never stacks.  The subclass is made by :func:`quiet_subclass`,
+    without running any code of the application's; a class that cannot be
+    subclassed so is returned as it is, uncounted, and the fault is reported.
+    This never raises.
     """
     original = original_class(base)
     key = (original, id(meter))
     cls = _classes.get(key)
     if cls is not None:
         return cls
-    with _classes_lock:
-        cls = _classes.get(key)
-        if cls is None:
-            namespace: dict[str, Any] = {
-                "__slots__": (),
-                "__module__": original.__module__,
-                "__qualname__": original.__qualname__,
-                "__doc__": original.__doc__,
-                METER_ATTRIBUTE: meter,
-                BASE_ATTRIBUTE: original,
-            }
-            for name, make in methods.items():
-                if hasattr(original, name):
-                    namespace[name] = make(meter, original, name)
-            cls = type(original.__name__, (original,), namespace)
-            _classes[key] = cls
+    if original in _uncountable:
+        report_fault(f"{original.__qualname__}: a class that cannot be counted quietly")
+        return original
+    try:
+        with _classes_lock:
+            cls = _classes.get(key)
+            if cls is None:
+                namespace: dict[str, Any] = {
+                    "__slots__": (),
+                    "__module__": original.__module__,
+                    "__qualname__": original.__qualname__,
+                    "__doc__": original.__doc__,
+                    METER_ATTRIBUTE: meter,
+                    BASE_ATTRIBUTE: original,
+                }
+                for name, make in methods.items():
+                    if hasattr(original, name):
+                        namespace[name] = make(meter, original, name)
+                cls = quiet_subclass(original.__name__, (original,), namespace)
+                _classes[key] = cls
+    except Exception as exc:  # noqa: BLE001 - ours, or a class we must not touch
+        _uncountable.add(original)
+        report_fault(f"{original.__qualname__}: a class that cannot be counted quietly", exc)
+        return original
     return cls
+
+
+# Classes that counted_class could not subclass quietly: not tried again.
+_uncountable: weakref.WeakSet[type] = weakref.WeakSet()
+
+
+class _NoSubclassHook:
+    """First base while a quiet subclass is made: its ``__init_subclass__`` is
+    the one ``type.__new__`` calls, and it calls no other."""
+
+    __slots__ = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        pass
+
+
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class made by a class statement or type()
+
+
+def quiet_subclass(name: str, bases: tuple[type, ...], namespace: dict[str, Any]) -> type:
+    """A subclass of ``bases`` made without running any code of the application's.
+
+    ``type(name, bases, namespace)`` would call the metaclass's ``__new__`` and
+    ``__init__`` and the bases' ``__init_subclass__`` (an application's class
+    may require a keyword there, or register every subclass).  Here the class
+    is made by ``type.__new__`` of the bases' metaclass itself, so that
+    neither runs; while it is made, a first base of ours answers the
+    ``__init_subclass__`` call, and is then taken out of ``__bases__`` again.
+    An ABC gets the abc module's own bookkeeping (so that an abstract class
+    stays abstract).  Raises TypeError for what cannot be made so: a
+    metaclass of C, one with its own ``mro()``, a metaclass conflict.
+    """
+    metaclass: Any = type
+    for base in bases:
+        candidate: Any = type(base)
+        if candidate in metaclass.__mro__:
+            continue
+        if metaclass not in candidate.__mro__:
+            raise TypeError(f"metaclass conflict among {bases}")
+        metaclass = candidate
+    for cls in metaclass.__mro__:
+        if cls is type or cls is object:
+            continue
+        if not cls.__flags__ & _HEAPTYPE or "mro" in vars(cls):
+            # A C metaclass has fields type.__new__ would leave unset; an
+            # mro() of the application's would run on __bases__ assignment.
+            raise TypeError(f"metaclass {metaclass.__qualname__} cannot be bypassed")
+    hooked = any(
+        "__init_subclass__" in vars(cls)
+        for base in bases
+        for cls in base.__mro__
+        if cls is not object
+    )
+    made: Any
+    if not hooked:
+        made = type.__new__(metaclass, name, bases, namespace)
+    else:
+        made = type.__new__(metaclass, name, (_NoSubclassHook, *bases), namespace)
+        made.__bases__ = bases
+    if isinstance(made, abc.ABCMeta):
+        abc_init = getattr(abc, "_abc_init", None)
+        if abc_init is not None:
+            abc_init(made)
+    quiet: type = made
+    return quiet
 
 
 # --------------------------------------------------------- how methods count
@@ -337,3 +417,98 @@ def unwrap_in_place(connection: Any) -> Any:
     if base is not None:
         connection.__class__ = base
     return connection
+
+
+# ------------------------------------------------- counting on driver classes
+
+# (a driver's class, one of its methods, how the counting method is made from
+# the Patch that installs it: ``patch.own`` is the driver's function).
+InPlaceTarget = tuple[type, str, Callable[[Patch], Any]]
+
+
+class InPlaceCounting:
+    """Counting methods on a driver's own classes, there while they are needed.
+
+    For drivers of Python classes: each counting method finds the meter of its
+    connection in the side table and counts, or calls the driver's own at
+    once, so ``type(connection)``, ``type(cursor)`` and the cursor factories
+    stay the application's own, and no class of the application is
+    subclassed.  The methods are put on while the driver is instrumented or a
+    counting connection is open, and put back, exactly, once neither is so
+    (checked at uninstrument and unwrap_connection).
+
+    Stands in the list of patches ``instrument`` returns (``install`` /
+    ``remove``), and is held by each connection it counts.  ``targets`` lists
+    what to patch, ``is_closed`` tells an open connection from a closed one.
+    """
+
+    def __init__(
+        self, targets: Callable[[], list[InPlaceTarget]], is_closed: Callable[[Any], bool]
+    ) -> None:
+        self._targets = targets
+        self._is_closed = is_closed
+        self._patches: list[Patch] = []
+        self._instrumented = False
+        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._after_fork_in_child)
+
+    def _after_fork_in_child(self) -> None:
+        # A thread of the parent may have held the lock at the fork.
+        self._lock = threading.Lock()
+
+    @property
+    def patches(self) -> list[Patch]:
+        """The patches on the driver's classes now (none while not needed)."""
+        return list(self._patches)
+
+    def install(self) -> None:
+        with self._lock:
+            self._instrumented = True
+            self._put_on()
+
+    def remove(self) -> bool:
+        with self._lock:
+            self._instrumented = False
+            return self._take_off_if_unused()
+
+    def hold(self, connection: Any) -> None:
+        """A connection counts: the counting methods stay while it is open."""
+        with self._lock:
+            self._connections.add(connection)
+            self._put_on()
+
+    def release(self, connection: Any) -> None:
+        """A connection counts no more."""
+        with self._lock:
+            self._connections.discard(connection)
+            self._take_off_if_unused()
+
+    def _put_on(self) -> None:
+        if not self._patches:
+            patches = [Patch(owner, name, make) for owner, name, make in self._targets()]
+            for patch in patches:
+                patch.install()
+            self._patches = patches
+
+    def _take_off_if_unused(self) -> bool:
+        if self._instrumented:
+            return False
+        connections = list(self._connections)
+        if not all(self._closed(connection) for connection in connections):
+            return False
+        # Closed connections stop counting with the methods: their entries go too.
+        for connection in connections:
+            forget_connection(connection)
+        put_back = all([patch.remove() for patch in reversed(self._patches)])
+        self._patches = []
+        self._connections = weakref.WeakSet()
+        return put_back
+
+    def _closed(self, connection: Any) -> bool:
+        try:
+            return bool(self._is_closed(connection))
+        except Exception as exc:  # noqa: BLE001 - ours: taken for open
+            report_fault("could not tell whether a connection is closed", exc)
+            return False

@@ -1,10 +1,15 @@
-"""DB-API hooks for sqlite3: counted Connection and Cursor subclasses; a proxy for old connections.
+"""DB-API hooks for sqlite3: a counting Connection, counted Cursors; a proxy for old connections.
 
 Counted: ``Cursor.execute``, ``executemany`` and ``executescript``, and the
 connection shortcuts ``Connection.execute``, ``executemany`` and
 ``executescript`` (through a counted cursor, so that re-executing the cursor
-they return is counted too).  New connections get a subclass through
-``sqlite3.connect(factory=...)``.  sqlite3's classes are immutable, so an
+they return is counted too).  New connections get a counting class through
+``sqlite3.connect(factory=...)``: its counting ``cursor()`` sits just above
+sqlite3's own, below the ``cursor()`` of your factory class (which gets
+exactly the arguments the application gave, its own default included), and
+counts the cursor class sqlite3 is asked for.  The shortcuts behave as
+sqlite3's C ones: a plain ``sqlite3.Cursor``, made without calling any
+``cursor()`` written in Python.  sqlite3's classes are immutable, so an
 existing connection cannot change class: ``wrap_connection`` returns a thin
 proxy for it, whose forwarding is plain attribute access (no exception path).
 """
@@ -18,12 +23,14 @@ from typing import Any
 from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
+    BASE_ATTRIBUTE,
     ConnectionClasses,
     already_counted_by_other,
     connection_meter,
-    connection_namespace,
     counted_class,
+    counted_meter,
     forget_connection,
+    quiet_subclass,
     report_fault,
     set_connection_meter,
     tracked,
@@ -33,10 +40,14 @@ __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
 NAME = "sqlite3"
 CURSOR_METHODS = {"execute": tracked, "executemany": tracked, "executescript": tracked}
-SHORTCUTS = ("execute", "executemany", "executescript")
+# The connection shortcuts, and how many positional arguments each takes
+# (none by keyword): sqlite3 raises its own error for any other call.
+SHORTCUTS = {"execute": (1, 2), "executemany": (2, 2), "executescript": (1, 1)}
 # sqlite3.connect(database, timeout, detect_types, isolation_level,
 # check_same_thread, factory, ...): where factory sits when passed positionally.
 FACTORY_POSITION = 5
+_IMMUTABLE = 1 << 8
+_base_cursor = sqlite3.Connection.cursor
 
 
 def connection_types() -> tuple[type, ...]:
@@ -44,12 +55,12 @@ def connection_types() -> tuple[type, ...]:
 
 
 def cursor_class(base: type, meter: Meter) -> type:
-    """The counted subclass of a sqlite3 cursor class."""
+    """The counted subclass of a sqlite3 cursor class (the class itself if it cannot be)."""
     return counted_class(base, meter, CURSOR_METHODS)
 
 
 def counted_cursor_factory(factory: Any, meter: Meter | None) -> Any:
-    """The factory to pass to Connection.cursor(): counted where it is a Cursor class."""
+    """The factory to pass to sqlite3's cursor(): counted where it is a Cursor class."""
     if meter is None:
         return factory
     if isinstance(factory, type) and issubclass(factory, sqlite3.Cursor):
@@ -58,38 +69,110 @@ def counted_cursor_factory(factory: Any, meter: Meter | None) -> Any:
     return factory
 
 
+def _counted_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any], meter: Meter
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments for sqlite3's cursor(), with the factory it would use counted.
+
+    Arguments sqlite3 would refuse are left as they are, for sqlite3 to raise
+    its own error.
+    """
+    if len(args) == 1 and not kwargs:
+        return (counted_cursor_factory(args[0], meter),), kwargs
+    if not args and set(kwargs) <= {"factory"}:
+        factory = kwargs.get("factory", sqlite3.Cursor)
+        return args, {"factory": counted_cursor_factory(factory, meter)}
+    return args, kwargs
+
+
+def counted_cursor(connection: sqlite3.Connection, meter: Meter, args: Any, kwargs: Any) -> Any:
+    """sqlite3's own cursor() of a connection, making a counted cursor."""
+    try:
+        args, kwargs = _counted_arguments(args, kwargs, meter)
+    except Exception as exc:  # noqa: BLE001 - ours, never the application's
+        report_fault("sqlite3: could not count a cursor", exc)
+    return _base_cursor(connection, *args, **kwargs)
+
+
+def plain_cursor(connection: sqlite3.Connection, meter: Meter) -> Any:
+    """The cursor a connection shortcut runs on, as sqlite3's C one makes it, counted.
+
+    sqlite3 makes a plain Cursor with its own cursor(), never with a
+    ``cursor()`` written in Python, and calls the cursor's method: so here,
+    a counted plain Cursor, whose method counts.
+    """
+    return _base_cursor(connection, cursor_class(sqlite3.Cursor, meter))
+
+
+def _accepts(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    least, most = SHORTCUTS[name]
+    return not kwargs and least <= len(args) <= most
+
+
+class Connection(sqlite3.Connection):
+    """A sqlite3 connection that counts its statements (when it has a meter)."""
+
+    __slots__ = ("__weakref__",)  # the side table holds connections weakly
+    __module__ = sqlite3.Connection.__module__
+    __qualname__ = sqlite3.Connection.__qualname__
+    __doc__ = sqlite3.Connection.__doc__
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        meter = connection_meter(self)
+        if meter is None:
+            return _base_cursor(self, *args, **kwargs)
+        return counted_cursor(self, meter, args, kwargs)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        meter = connection_meter(self)
+        if meter is None or not _accepts("execute", args, kwargs):
+            return _plain_execute(self, *args, **kwargs)
+        return plain_cursor(self, meter).execute(*args)
+
+    def executemany(self, *args: Any, **kwargs: Any) -> Any:
+        meter = connection_meter(self)
+        if meter is None or not _accepts("executemany", args, kwargs):
+            return _plain_executemany(self, *args, **kwargs)
+        return plain_cursor(self, meter).executemany(*args)
+
+    def executescript(self, *args: Any, **kwargs: Any) -> Any:
+        meter = connection_meter(self)
+        if meter is None or not _accepts("executescript", args, kwargs):
+            return _plain_executescript(self, *args, **kwargs)
+        return plain_cursor(self, meter).executescript(*args)
+
+
+_plain_execute = sqlite3.Connection.execute
+_plain_executemany = sqlite3.Connection.executemany
+_plain_executescript = sqlite3.Connection.executescript
+for _name in ("cursor", *SHORTCUTS):
+    getattr(Connection, _name).__doc__ = getattr(sqlite3.Connection, _name).__doc__
+setattr(Connection, BASE_ATTRIBUTE, sqlite3.Connection)
+CountingConnection = Connection
+
+
 def _make_connection_class(base: Any) -> type[Any]:
-    base_cursor = base.cursor
+    """The counting class for a connection factory class: its methods first, then ours.
 
-    def cursor(self: Any, factory: Any = sqlite3.Cursor) -> Any:
-        return base_cursor(self, counted_cursor_factory(factory, connection_meter(self)))
-
-    def shortcut(name: str) -> Callable[..., Any]:
-        base_method = getattr(base, name)
-
-        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if connection_meter(self) is None:
-                return base_method(self, *args, **kwargs)
-            return getattr(self.cursor(), name)(*args, **kwargs)
-
-        method.__name__ = name
-        method.__qualname__ = f"{base.__qualname__}.{name}"
-        method.__doc__ = getattr(base, name).__doc__
-        return method
-
-    namespace = connection_namespace(base)
-    namespace["cursor"] = cursor
-    for name in SHORTCUTS:
-        # In C, the shortcuts make a cursor of their own and skip any
-        # subclass's cursor() and execute(); going through self.cursor()
-        # counts them once.  A factory class that overrides a shortcut keeps
-        # its own (its statements are counted where they meet a cursor).
-        if getattr(base, name) is getattr(sqlite3.Connection, name):
-            namespace[name] = shortcut(name)
-    return type(base.__name__, (base,), namespace)
+    ``class X(base, CountingConnection)``: in X's method order, a ``cursor()``
+    or shortcut of ``base`` comes first and gets the application's
+    arguments; its ``super()`` call reaches the counting one, just above
+    sqlite3's.  Made without running code of the application's class (see
+    quiet_subclass).
+    """
+    if base is sqlite3.Connection:
+        return CountingConnection
+    namespace: dict[str, Any] = {
+        "__slots__": (),
+        "__module__": base.__module__,
+        "__qualname__": base.__qualname__,
+        "__doc__": base.__doc__,
+        BASE_ATTRIBUTE: base,
+    }
+    return quiet_subclass(base.__name__, (base, CountingConnection), namespace)
 
 
-#: The counting subclass of a sqlite3 Connection class (its meter is per connection).
+#: The counting class of a sqlite3 Connection class (its meter is per connection).
 connection_class = ConnectionClasses(_make_connection_class)
 
 
@@ -108,7 +191,7 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
                 report_fault("sqlite3: could not prepare a counted connection", exc)
             connection = original(*args, **kwargs)
             try:
-                if type(connection).__dict__.get("__querymeter_base__") is not None:
+                if type(connection).__dict__.get(BASE_ATTRIBUTE) is not None:
                     set_connection_meter(connection, meter)
             except Exception as exc:  # noqa: BLE001 - ours, never the application's
                 report_fault("sqlite3: could not count a new connection", exc)
@@ -133,7 +216,7 @@ def _with_counted_factory(
     if not (isinstance(factory, type) and issubclass(factory, sqlite3.Connection)):
         report_fault("sqlite3: a connection factory that is not a Connection subclass")
         return args, kwargs
-    counted = connection_class(factory.__dict__.get("__querymeter_base__", factory))
+    counted = connection_class(factory.__dict__.get(BASE_ATTRIBUTE, factory))
     if len(args) > FACTORY_POSITION:
         args = (*args[:FACTORY_POSITION], counted, *args[FACTORY_POSITION + 1 :])
     else:
@@ -147,7 +230,7 @@ def wrap(connection: Any, meter: Meter) -> Any:
         already_counted_by_other(connection, meter, NAME)
         set_connection_meter(connection, meter)
         return connection
-    if type(connection).__dict__.get("__querymeter_base__") is not None:
+    if type(connection).__dict__.get(BASE_ATTRIBUTE) is not None:
         already_counted_by_other(connection, meter, NAME)
         set_connection_meter(connection, meter)
         return connection
@@ -165,6 +248,21 @@ def unwrap(connection: Any) -> Any:
 
 
 # ------------------------------------------------------------------- proxy
+
+
+def _count_made_cursor(cursor: Any, meter: Meter) -> Any:
+    """A cursor a connection's own cursor() made, counted by a change of class where it can be."""
+    cls = type(cursor)
+    if not isinstance(cursor, sqlite3.Cursor) or counted_meter(cls) is meter:
+        return cursor
+    if cls.__flags__ & _IMMUTABLE:
+        report_fault("sqlite3: a plain Cursor a wrapped connection's cursor() made is not counted")
+        return cursor
+    counted = cursor_class(cls, meter)
+    if counted is not cls:
+        # object's own __class__ setter: no __setattr__ of the application's.
+        object.__setattr__(cursor, "__class__", counted)
+    return cursor
 
 
 class ConnectionProxy:
@@ -188,17 +286,21 @@ class ConnectionProxy:
     def __class__(self) -> type:
         return type(self.__wrapped__)
 
-    def cursor(self, factory: Any = sqlite3.Cursor) -> Any:
-        return self.__wrapped__.cursor(counted_cursor_factory(factory, connection_meter(self)))
-
-    def execute(self, *args: Any, **kwargs: Any) -> Any:
-        return self.cursor().execute(*args, **kwargs)
-
-    def executemany(self, *args: Any, **kwargs: Any) -> Any:
-        return self.cursor().executemany(*args, **kwargs)
-
-    def executescript(self, *args: Any, **kwargs: Any) -> Any:
-        return self.cursor().executescript(*args, **kwargs)
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        connection = self.__wrapped__
+        meter = connection_meter(self)
+        if meter is None:
+            return connection.cursor(*args, **kwargs)
+        if type(connection).cursor is _base_cursor:
+            return counted_cursor(connection, meter, args, kwargs)
+        # The connection's class has a cursor() of its own: it gets the
+        # application's arguments, and what it makes is counted if it can be.
+        cursor = connection.cursor(*args, **kwargs)
+        try:
+            return _count_made_cursor(cursor, meter)
+        except Exception as exc:  # noqa: BLE001 - ours, never the application's
+            report_fault("sqlite3: could not count a cursor", exc)
+            return cursor
 
     def __enter__(self) -> ConnectionProxy:
         self.__wrapped__.__enter__()
@@ -236,4 +338,26 @@ def _add_forwarding() -> None:
         setattr(ConnectionProxy, name, _forwarding(name, writable))
 
 
+def _proxy_shortcut(name: str) -> Callable[..., Any]:
+    plain = getattr(sqlite3.Connection, name)
+
+    def method(self: ConnectionProxy, *args: Any, **kwargs: Any) -> Any:
+        connection = self.__wrapped__
+        meter = connection_meter(self)
+        own = getattr(type(connection), name)
+        if meter is None or not _accepts(name, args, kwargs):
+            return own(connection, *args, **kwargs)
+        if own is not plain:
+            # The connection's class has its own: the call is the query.
+            return meter._call(own, connection, *args, **kwargs)
+        return getattr(plain_cursor(connection, meter), name)(*args)
+
+    method.__name__ = name
+    method.__qualname__ = f"ConnectionProxy.{name}"
+    method.__doc__ = plain.__doc__
+    return method
+
+
+for _name in SHORTCUTS:
+    setattr(ConnectionProxy, _name, _proxy_shortcut(_name))
 _add_forwarding()

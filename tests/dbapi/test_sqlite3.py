@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import functools
 import sqlite3
 from collections.abc import Iterator
@@ -10,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import querymeter
 import querymeter.dbapi as dbapi
 from querymeter.meter import Meter as MeterType
 
@@ -248,3 +250,123 @@ def test_connections_opened_before_instrumenting_are_not_counted(
     dbapi.instrument(sqlite3, meter=meter)
     before.execute("SELECT 1")
     assert meter.snapshot().queries == 0
+
+
+def test_counting_runs_no_code_of_the_applications_classes(meter: MeterType, database: str) -> None:
+    """Counting an application's Cursor and Connection classes runs none of their class hooks."""
+    cursors = transparency.HookedClasses(sqlite3.Cursor)
+    connections = transparency.HookedClasses(sqlite3.Connection)
+    dbapi.instrument(sqlite3, meter=meter)
+    connection = sqlite3.connect(database, factory=connections.Application)
+    cursor = connection.cursor(cursors.Application)
+    assert isinstance(connection, connections.Application)
+    assert isinstance(cursor, cursors.Application)
+    assert cursor.execute("SELECT 1").fetchone() == (1,)
+    assert connection.execute("SELECT 2").fetchone() == (2,)
+    assert cursors.state() == cursors.before
+    assert connections.state() == connections.before
+    assert meter.snapshot().queries == 2
+
+
+def test_an_abstract_cursor_class_stays_abstract(meter: MeterType, database: str) -> None:
+    """An abstract Cursor class refuses to make cursors, counted or not; a concrete one counts."""
+
+    class Abstract(sqlite3.Cursor, metaclass=abc.ABCMeta):
+        @abc.abstractmethod
+        def first(self) -> Any: ...
+
+    class Concrete(Abstract):
+        def first(self) -> Any:
+            return self.fetchone()
+
+    raw = outcome(lambda: sqlite3.connect(database).cursor(Abstract))
+    dbapi.instrument(sqlite3, meter=meter)
+    connection = sqlite3.connect(database)
+    assert outcome(lambda: connection.cursor(Abstract)) == raw
+    assert raw[:2] == ("raised", TypeError)
+    cursor = connection.cursor(Concrete)
+    assert isinstance(cursor, Abstract)
+    assert cursor.execute("SELECT 3").first() == (3,)
+    assert meter.snapshot().queries == 1
+
+
+def test_a_class_that_cannot_be_subclassed_quietly_is_used_uncounted(
+    meter: MeterType, database: str
+) -> None:
+    """A Cursor class whose metaclass has its own mro() is used as is, uncounted, with a fault."""
+    ran: list[str] = []
+
+    class OwnOrder(type):
+        def mro(cls) -> list[type]:
+            ran.append(cls.__name__)
+            return super().mro()
+
+    class Unusual(sqlite3.Cursor, metaclass=OwnOrder):
+        pass
+
+    ran.clear()
+    before = querymeter.faults()
+    dbapi.instrument(sqlite3, meter=meter)
+    cursor = sqlite3.connect(database).cursor(Unusual)
+    assert type(cursor) is Unusual
+    assert cursor.execute("SELECT 4").fetchone() == (4,)
+    assert ran == []
+    assert meter.snapshot().queries == 0
+    assert sum(querymeter.faults().values()) > sum(before.values())
+
+
+def test_a_connection_factorys_own_cursor_default_is_kept(meter: MeterType, database: str) -> None:
+    """A factory's cursor() keeps its own default; the shortcuts never call it, as sqlite3's own."""
+    calls: list[Any] = []
+
+    class RowCursor(sqlite3.Cursor):
+        def __init__(self, connection: sqlite3.Connection) -> None:
+            super().__init__(connection)
+            self.row_factory = sqlite3.Row
+
+    class RowConnection(sqlite3.Connection):
+        def cursor(self, factory: Any = RowCursor) -> Any:  # type: ignore[override]
+            calls.append(factory)
+            return super().cursor(factory)
+
+    def script() -> list[Any]:
+        connection = sqlite3.connect(database, factory=RowConnection)
+        cursor = connection.cursor()
+        shortcut = connection.execute("SELECT 1 AS one")
+        results = [
+            isinstance(cursor, RowCursor),
+            type(cursor.execute("SELECT 1 AS one").fetchone()),
+            isinstance(connection.cursor(sqlite3.Cursor), RowCursor),
+            isinstance(shortcut, RowCursor),
+            type(shortcut.fetchone()),
+            isinstance(connection.execute("CREATE TABLE IF NOT EXISTS item (x)"), RowCursor),
+            isinstance(connection.executemany("INSERT INTO item VALUES (?)", [(1,)]), RowCursor),
+            type(connection.executescript("SELECT 1;").execute("SELECT 1").fetchone()),
+            len(calls),
+        ]
+        connection.close()
+        calls.clear()
+        return results
+
+    raw = script()
+    dbapi.instrument(sqlite3, meter=meter)
+    assert script() == raw == [True, sqlite3.Row, False, False, tuple, False, False, tuple, 2]
+    assert meter.snapshot().queries == 6
+
+
+def test_driver_errors_pass_through_one_frame_of_querymeter_at_most(
+    counted: sqlite3.Connection,
+) -> None:
+    """A driver's error reaches the caller through at most one frame of querymeter's hooks."""
+    cursor = counted.cursor()
+    actions = [
+        lambda: counted.execute("SELEKT 1"),
+        lambda: counted.executemany("SELEKT ?", [(1,)]),
+        lambda: counted.executescript("SELEKT 1;"),
+        lambda: cursor.execute("SELEKT 1"),
+        lambda: cursor.executemany("SELEKT ?", [(1,)]),
+    ]
+    for action in actions:
+        with pytest.raises(sqlite3.OperationalError) as caught:
+            action()
+        assert len(transparency.hook_frames(caught.value)) <= 1, caught.traceback
