@@ -1,17 +1,19 @@
-"""DB-API hooks for mysqlclient (MySQLdb): counted cursors, made by MySQLdb's own Connection.
+"""DB-API hooks for mysqlclient (MySQLdb): counted in place, on MySQLdb's own classes.
 
 Counted: ``cursor.execute``, ``callproc`` and ``executemany`` (one query per
 call: MySQLdb sends a batch through ``execute``, which is not counted again
-inside it), for every cursor class (DictCursor, SSCursor, SSDictCursor,
-yours), and ``connection.query()`` called by the application itself.
+inside it), for every cursor class (DictCursor, SSCursor, SSDictCursor, your
+own: they inherit MySQLdb's methods), and ``connection.query()`` when the
+application calls it itself (MySQLdb's own calls are part of a cursor's
+statement, or its own bookkeeping).
 
-The connection stays MySQLdb's: ``Connection.__init__`` is patched while
-instrumented (so ``MySQLdb.connect``, ``MySQLdb.Connect`` and
-``MySQLdb.connections.Connection``, and your subclasses, all count), and
-``Connection.cursor`` and ``Connection.query`` are counted in place while a
-connection counts, each finding the connection's meter in the side table.
-``cursor()`` runs with the application's arguments untouched; the cursor it
-made then changes class in place to a counted subclass of its own class.
+Each counting method finds the meter of its connection in the side table,
+and a connection that does not count calls MySQLdb's own at once:
+``type(connection)``, ``type(cursor)`` and ``cursorclass`` stay exactly what
+the application made and chose, and no class of the application is
+subclassed.  ``Connection.__init__`` is patched while instrumented, so
+``MySQLdb.connect``, ``MySQLdb.Connect``, ``MySQLdb.connections.Connection``
+and subclasses all count.
 """
 
 from __future__ import annotations
@@ -32,15 +34,10 @@ from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
     already_counted_by_other,
-    batch,
     connection_meter,
-    counted_class,
-    counted_meter,
     forget_connection,
-    original_class,
     report_fault,
     set_connection_meter,
-    tracked,
 )
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
@@ -48,7 +45,13 @@ __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 NAME = "MySQLdb"
 BASE_CONNECTION = MySQLdb.connections.Connection
 BASE_CURSOR = MySQLdb.cursors.BaseCursor
-CURSOR_METHODS = {"execute": tracked, "callproc": tracked, "executemany": batch("execute")}
+# Set in a cursor's __dict__ while its executemany runs: the execute calls
+# MySQLdb makes inside the batch are part of it, not queries of their own.
+IN_BATCH = "__querymeter_batch__"
+# Set on the counting execute, to tell it from MySQLdb's or another tool's.
+COUNTING = "__querymeter_counting__"
+# MySQLdb's own execute, which a batch calls where the cursor's class keeps it.
+_own_execute = BASE_CURSOR.__dict__["execute"]
 # Code of these modules calls Connection.query as part of a cursor's statement
 # (BaseCursor._query) or for MySQLdb's own bookkeeping (begin, SET NAMES).
 _DRIVER_GLOBALS = (vars(MySQLdb.cursors), vars(MySQLdb.connections))
@@ -60,55 +63,64 @@ def connection_types() -> tuple[type, ...]:
     return (BASE_CONNECTION,)
 
 
-def cursor_class(base: type, meter: Meter) -> type:
-    """The counted subclass of a MySQLdb cursor class."""
-    return counted_class(base, meter, CURSOR_METHODS)
+# ------------------------------------------------------------ counting methods
+#
+# Each takes the Patch that installs it: ``patch.own`` is MySQLdb's function,
+# and a patch that was removed while another tool's wrapper kept it in a
+# chain becomes a pass-through (``patch.active``).  A cursor's connection is
+# its ``connection`` attribute, read from its __dict__ (no property of the
+# application's runs).
 
 
-def _subclassing_runs_no_code(cls: type) -> bool:
-    """Whether ``type(name, (cls,), namespace)`` would run none of the application's code:
-    no metaclass, and no ``__init_subclass__``, of its own."""
-    return type(cls) is type and not any(
-        "__init_subclass__" in vars(k) for k in cls.__mro__ if k is not object
-    )
+def _counted_call(patch: Patch) -> Any:
+    """``execute`` and ``callproc``: each call is one query, except inside a batch."""
+    own = patch.own
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = self.__dict__
+        meter = connection_meter(state.get("connection"))
+        if meter is None or IN_BATCH in state or not patch.active:
+            return own(self, *args, **kwargs)
+        return meter._call(own, self, *args, **kwargs)
+
+    setattr(method, COUNTING, True)
+    return like(method, own)
 
 
-def _count_cursor(cursor: Any, meter: Meter) -> None:
-    """Make a cursor that MySQLdb made count, by changing its class in place."""
-    cls = type(cursor)
-    if counted_meter(cls) is meter:
-        return
-    if not isinstance(cursor, BASE_CURSOR):
-        report_fault("MySQLdb: a cursor that is not a MySQLdb cursor is not counted")
-        return
-    if not _subclassing_runs_no_code(original_class(cls)):
-        report_fault("MySQLdb: a cursor class with a metaclass or __init_subclass__ is not counted")
-        return
-    # object.__setattr__: a __setattr__ of the cursor class is application code.
-    object.__setattr__(cursor, "__class__", cursor_class(cls, meter))
+def _counted_batch(patch: Patch) -> Any:
+    """``executemany``: the batch is one query, the execute calls inside it are not counted.
+
+    During the batch the cursor is marked, so that the counting execute
+    passes MySQLdb's calls through; where the cursor's class keeps MySQLdb's
+    execute, an instance attribute also shadows the counting execute with
+    MySQLdb's own, so that they do not even pass through it.
+    """
+    own = patch.own
+
+    def executemany(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = self.__dict__
+        meter = connection_meter(state.get("connection"))
+        if meter is None or IN_BATCH in state or not patch.active:
+            return own(self, *args, **kwargs)
+        marks: dict[str, Any] = {IN_BATCH: True}
+        if "execute" not in state and getattr(type(self).execute, COUNTING, False):
+            marks["execute"] = _own_execute.__get__(self, type(self))
+        # One store, then the try at once: no bytecode in between at which an
+        # asynchronous exception could leave the marks behind.
+        state.update(marks)
+        try:
+            # Timed by the meter's call wrapper: begin and end paired in the core.
+            return meter._call(own, self, *args, **kwargs)
+        finally:
+            for name in marks:
+                state.pop(name, None)
+
+    return like(executemany, own)
 
 
-# ------------------------------------------------------ counted in place
-
-
-def _counting_cursor(patch: Patch) -> Any:
-    original = patch.original
-
-    def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
-        made = original(self, *args, **kwargs)
-        meter = connection_meter(self)
-        if meter is not None and patch.active:
-            try:
-                _count_cursor(made, meter)
-            except Exception as exc:  # noqa: BLE001 - ours, never the application's
-                report_fault("MySQLdb: could not count a cursor", exc)
-        return made
-
-    return like(cursor, original)
-
-
-def _counting_query(patch: Patch) -> Any:
-    original = patch.original
+def _counted_query(patch: Patch) -> Any:
+    """``Connection.query``: counted where the application calls it itself."""
+    own = patch.own
     cursors_globals, connections_globals = _DRIVER_GLOBALS
     caller_frame = sys._getframe
 
@@ -117,30 +129,54 @@ def _counting_query(patch: Patch) -> Any:
         # MySQLdb's own bookkeeping.  Only the application's calls count.
         caller = caller_frame(1).f_globals
         if caller is cursors_globals or caller is connections_globals or not patch.active:
-            return original(self, *args, **kwargs)
+            return own(self, *args, **kwargs)
         meter = connection_meter(self)
         if meter is None:
-            return original(self, *args, **kwargs)
-        return meter._call(original, self, *args, **kwargs)
+            return own(self, *args, **kwargs)
+        return meter._call(own, self, *args, **kwargs)
 
-    return like(query, original)
+    return like(query, own)
 
 
-IN_PLACE: tuple[tuple[str, Callable[[Patch], Any]], ...] = (
-    ("cursor", _counting_cursor),
-    ("query", _counting_query),
-)
+# (class, method, how it counts): one method counted in place.
+_Target = tuple[type, str, Callable[[Patch], Any]]
+
+
+def _targets() -> list[_Target]:
+    """Every method of MySQLdb's counted in place."""
+    methods: dict[str, Callable[[Patch], Any]] = {
+        "execute": _counted_call,
+        "callproc": _counted_call,
+        "executemany": _counted_batch,
+    }
+    own = vars(BASE_CURSOR)
+    targets: list[_Target] = [
+        (BASE_CURSOR, name, make) for name, make in methods.items() if name in own
+    ]
+    if "query" in vars(BASE_CONNECTION):
+        targets.append((BASE_CONNECTION, "query", _counted_query))
+    return targets
+
+
+def _is_closed(connection: Any) -> bool:
+    return not _is_open(connection)
 
 
 class _InPlace:
-    """The counting methods on MySQLdb's Connection: there while instrumented or a
+    """The counting methods on MySQLdb's classes: there while instrumented or a
     counting connection is open.
 
     Stands in the list of patches that ``instrument`` returns (``install`` /
     ``remove``), and is held by each connection it counts.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        targets: Callable[[], list[_Target]],
+        is_closed: Callable[[Any], bool],
+    ) -> None:
+        self._targets = targets
+        self._is_closed = is_closed
         self._patches: list[Patch] = []
         self._instrumented = False
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -171,23 +207,30 @@ class _InPlace:
 
     def _put_on(self) -> None:
         if not self._patches:
-            patches = [Patch(BASE_CONNECTION, name, make) for name, make in IN_PLACE]
+            patches = [Patch(owner, name, make) for owner, name, make in self._targets()]
             for patch in patches:
                 patch.install()
             self._patches = patches
 
     def _take_off_if_unused(self) -> bool:
-        if self._instrumented or any(_is_open(c) for c in list(self._connections)):
+        if self._instrumented:
             return False
+        connections = list(self._connections)
+        if not all(self._is_closed(connection) for connection in connections):
+            return False
+        # Closed connections stop counting with the methods: their entries go too.
+        for connection in connections:
+            forget_connection(connection)
         put_back = all([patch.remove() for patch in reversed(self._patches)])
         self._patches = []
         self._connections = weakref.WeakSet()
         return put_back
 
 
-_in_place = _InPlace()
+#: MySQLdb's classes, counting while MySQLdb is instrumented or a counting connection is open.
+in_place = _InPlace(_targets, _is_closed)
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_in_place._after_fork_in_child)
+    os.register_at_fork(after_in_child=in_place._after_fork_in_child)
 
 
 # --------------------------------------------------------------- connections
@@ -195,13 +238,13 @@ if hasattr(os, "register_at_fork"):
 
 def _count(connection: Any, meter: Meter) -> None:
     already_counted_by_other(connection, meter, NAME)
-    _in_place.hold(connection)
+    in_place.hold(connection)
     set_connection_meter(connection, meter)
 
 
 def instrument(module: Any, meter: Meter) -> list[Any]:
-    """Patch Connection.__init__ (what MySQLdb.connect, MySQLdb.Connect and
-    MySQLdb.connections.Connection all run), and count Connection in place."""
+    """Put the counting methods on MySQLdb's classes, and patch Connection.__init__
+    (what MySQLdb.connect, MySQLdb.Connect and MySQLdb.connections.Connection run)."""
 
     def make(patch: Patch) -> Any:
         original = patch.original
@@ -216,7 +259,7 @@ def instrument(module: Any, meter: Meter) -> list[Any]:
 
         return like(__init__, original)
 
-    return [_in_place, Patch(BASE_CONNECTION, "__init__", make)]
+    return [in_place, Patch(BASE_CONNECTION, "__init__", make)]
 
 
 def wrap(connection: Any, meter: Meter) -> Any:
@@ -226,5 +269,5 @@ def wrap(connection: Any, meter: Meter) -> Any:
 
 def unwrap(connection: Any) -> Any:
     forget_connection(connection)
-    _in_place.release(connection)
+    in_place.release(connection)
     return connection

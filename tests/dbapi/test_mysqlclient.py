@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-import querymeter
 import querymeter.dbapi as dbapi
 from querymeter.meter import Meter as MeterType
 
@@ -21,7 +20,16 @@ driver("MySQLdb.connections")
 driver("MySQLdb.cursors")
 
 Connection = MySQLdb.connections.Connection
-ORIGINALS = {name: vars(Connection)[name] for name in ("__init__", "cursor", "query")}
+BaseCursor = MySQLdb.cursors.BaseCursor
+# Every method patched, with what MySQLdb had there before.
+ORIGINALS = {
+    (Connection, "__init__"): vars(Connection)["__init__"],
+    (Connection, "query"): vars(Connection)["query"],
+    **{
+        (BaseCursor, name): vars(BaseCursor)[name]
+        for name in ("execute", "executemany", "callproc")
+    },
+}
 
 outcome = functools.partial(transparency.outcome, cursor_types=(MySQLdb.cursors.BaseCursor,))
 
@@ -41,8 +49,8 @@ def counts(meter: MeterType) -> tuple[int, int, int]:
 
 
 def assert_originals_back() -> None:
-    for name, original in ORIGINALS.items():
-        assert vars(Connection)[name] is original, name
+    for (cls, name), original in ORIGINALS.items():
+        assert vars(cls)[name] is original, (cls, name)
 
 
 # ----------------------------------------------------------- what is counted
@@ -98,61 +106,63 @@ def test_execute_inside_a_batch_is_the_drivers_own_again_afterwards(
     """After executemany, the cursor's execute counts again and the cursor keeps no trace."""
     with counted.cursor() as cursor:
         cursor.executemany("SELECT %s", [(1,), (2,), (3,)])
-        assert "execute" not in vars(cursor)
+        assert not any(
+            name.startswith("__querymeter") or name == "execute" for name in vars(cursor)
+        )
         cursor.execute("SELECT 1")
         with pytest.raises(MySQLdb.ProgrammingError):
             cursor.executemany("SELEKT %s", [(1,), (2,)])
-        assert "execute" not in vars(cursor)
+        assert not any(
+            name.startswith("__querymeter") or name == "execute" for name in vars(cursor)
+        )
     assert counts(meter)[:2] == (3, 1)
 
 
 def test_cursor_classes_are_kept_and_counted(counted: Any, meter: MeterType) -> None:
-    """DictCursor, SSCursor and SSDictCursor, asked for per call or as cursorclass, stay
-    themselves and count."""
+    """DictCursor, SSCursor and SSDictCursor, asked for per call or as cursorclass, are
+    those very classes, and count."""
     with counted.cursor(MySQLdb.cursors.DictCursor) as cursor:
-        assert isinstance(cursor, MySQLdb.cursors.DictCursor)
+        assert type(cursor) is MySQLdb.cursors.DictCursor
         cursor.execute("SELECT 1 AS one")
         assert cursor.fetchone() == {"one": 1}
     with counted.cursor(cursorclass=MySQLdb.cursors.SSDictCursor) as cursor:
-        assert type(cursor).__name__ == "SSDictCursor"
+        assert type(cursor) is MySQLdb.cursors.SSDictCursor
         cursor.execute("SELECT 2 AS two")
         assert list(cursor.fetchall()) == [{"two": 2}]
     counted.cursorclass = MySQLdb.cursors.SSCursor
     with counted.cursor() as cursor:
-        assert isinstance(cursor, MySQLdb.cursors.SSCursor)
+        assert type(cursor) is MySQLdb.cursors.SSCursor
         cursor.execute("SELECT 3")
         assert list(cursor.fetchall()) == [(3,)]
     assert type(counted) is Connection
     assert counts(meter) == (3, 0, 0)
 
 
-def test_the_applications_cursor_class_counts_and_runs_no_code_of_ours(
+def test_the_applications_cursor_classes_count_and_none_of_their_code_runs(
     counted: Any, meter: MeterType
 ) -> None:
-    """A cursor class of the application's counts; one whose subclassing would run its
-    code (an __init_subclass__) keeps its class and is not counted, and the fault is counted."""
+    """Cursor classes of the application's keep their class and count once, an override
+    that calls MySQLdb's execute included; none is subclassed (no __init_subclass__ runs)."""
     subclassed: list[type] = []
-
-    class AppCursor(MySQLdb.cursors.DictCursor):  # type: ignore[misc]
-        def execute(self, query: Any, args: Any = None) -> Any:
-            return super().execute(query, args)
 
     class Watchful(MySQLdb.cursors.Cursor):  # type: ignore[misc]
         def __init_subclass__(cls, **kwargs: Any) -> None:
             subclassed.append(cls)
             super().__init_subclass__(**kwargs)
 
-    faults_before = sum(querymeter.faults().values())
-    with counted.cursor(AppCursor) as cursor:
-        assert isinstance(cursor, AppCursor)
-        cursor.execute("SELECT 1 AS one")
-        assert cursor.fetchall() == ({"one": 1},)
-    with counted.cursor(Watchful) as cursor:
-        assert type(cursor) is Watchful
-        cursor.execute("SELECT 2")
+    class AppCursor(Watchful):
+        def execute(self, query: Any, args: Any = None) -> Any:
+            return super().execute(query, args)
+
+    subclassed.clear()
+    for cursor_class in (Watchful, AppCursor):
+        with counted.cursor(cursor_class) as cursor:
+            assert type(cursor) is cursor_class
+            cursor.execute("SELECT 1")
+            cursor.executemany("SELECT %s", [(1,), (2,)])
+            assert cursor.fetchall() == ((2,),)
     assert subclassed == []
-    assert sum(querymeter.faults().values()) == faults_before + 1
-    assert counts(meter) == (1, 0, 0)
+    assert counts(meter) == (4, 0, 0)
 
 
 def test_every_way_to_connect_is_counted(meter: MeterType, mysql: dict[str, Any]) -> None:
@@ -302,9 +312,10 @@ def test_the_count_matches_what_the_server_saw(counted: Any, meter: MeterType) -
 def test_uninstrument_restores_mysqldbs_own_functions(
     meter: MeterType, mysql: dict[str, Any]
 ) -> None:
-    """uninstrument puts back Connection.__init__, cursor and query, the very objects."""
+    """uninstrument puts back Connection.__init__ and query and the cursors' execute,
+    executemany and callproc, the very objects."""
     dbapi.instrument(MySQLdb, meter=meter)
-    assert vars(Connection)["cursor"] is not ORIGINALS["cursor"]
+    assert vars(BaseCursor)["execute"] is not ORIGINALS[(BaseCursor, "execute")]
     connection = MySQLdb.connect(**mysql)
     connection.cursor().execute("SELECT 1")
     connection.close()
@@ -322,7 +333,7 @@ def test_an_open_connection_counts_after_uninstrument_until_unwrapped(
     connection = MySQLdb.connect(**mysql)
     try:
         dbapi.uninstrument(MySQLdb)
-        assert vars(Connection)["__init__"] is ORIGINALS["__init__"]
+        assert vars(Connection)["__init__"] is ORIGINALS[(Connection, "__init__")]
         connection.cursor().execute("SELECT 1")
         assert dbapi.unwrap_connection(connection) is connection
         assert_originals_back()
@@ -375,31 +386,34 @@ def test_a_connection_counts_into_one_meter_only(
 def test_another_wrapper_installed_later_stays_and_ours_stands_aside(
     meter: MeterType, mysql: dict[str, Any]
 ) -> None:
-    """A wrapper another tool puts over Connection.cursor stays at uninstrument, and ours
+    """A wrapper another tool puts over a counted method stays at uninstrument, and ours
     inside it stops counting."""
     dbapi.instrument(MySQLdb, meter=meter)
-    ours = vars(Connection)["cursor"]
+    ours = vars(BaseCursor)["execute"]
     calls: list[str] = []
 
     def theirs(self: Any, *args: Any, **kwargs: Any) -> Any:
         calls.append("theirs")
         return ours(self, *args, **kwargs)
 
-    Connection.cursor = theirs
+    BaseCursor.execute = theirs
     try:
         connection = MySQLdb.connect(**mysql)
         try:
             connection.cursor().execute("SELECT 1")
             dbapi.uninstrument(MySQLdb)
             dbapi.unwrap_connection(connection)
-            assert vars(Connection)["cursor"] is theirs
+            assert vars(BaseCursor)["execute"] is theirs
+            dbapi.wrap_connection(connection, meter=meter)  # ours again, over theirs
+            connection.cursor().execute("SELECT 1")
+            dbapi.unwrap_connection(connection)
             connection.cursor().execute("SELECT 1")
         finally:
             connection.close()
     finally:
-        Connection.cursor = ORIGINALS["cursor"]
-    assert calls == ["theirs"] * 2
-    assert counts(meter) == (1, 0, 0)
+        BaseCursor.execute = ORIGINALS[(BaseCursor, "execute")]
+    assert calls == ["theirs"] * 3
+    assert counts(meter) == (2, 0, 0)
 
 
 def test_pymysql_installed_as_mysqldb_is_left_to_the_pymysql_hooks() -> None:
