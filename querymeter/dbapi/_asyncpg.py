@@ -33,9 +33,6 @@ from __future__ import annotations
 
 import contextvars
 import inspect
-import os
-import threading
-import weakref
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -48,6 +45,8 @@ import asyncpg.transaction  # type: ignore[import-untyped]
 from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
+    InPlaceCounting,
+    InPlaceTarget,
     already_counted_by_other,
     connection_meter,
     forget_connection,
@@ -194,9 +193,9 @@ def _driver_own_method(connection_of: Callable[[Any], Any]) -> Callable[[Patch],
     return make
 
 
-def _targets() -> list[tuple[type, str, Callable[[Patch], Any]]]:
+def _targets() -> list[InPlaceTarget]:
     """Every (class, method, how it counts) of asyncpg's that is counted in place."""
-    targets: list[tuple[type, str, Callable[[Patch], Any]]] = []
+    targets: list[InPlaceTarget] = []
     targets += [(BASE_CONNECTION, name, _connection_query) for name in CONNECTION_QUERIES]
     statement = asyncpg.prepared_stmt.PreparedStatement
     targets += [(statement, name, _resource_query) for name in STATEMENT_QUERIES]
@@ -209,64 +208,14 @@ def _targets() -> list[tuple[type, str, Callable[[Patch], Any]]]:
     return [target for target in targets if target[1] in vars(target[0])]
 
 
-class _InPlace:
-    """The counting methods on asyncpg's classes: there while instrumented or a
-    counting connection is open.
-
-    Stands in the list of patches that ``instrument`` returns (``install`` /
-    ``remove``), and is held by each connection it counts.
-    """
-
-    def __init__(self) -> None:
-        self._patches: list[Patch] = []
-        self._instrumented = False
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-
-    def install(self) -> None:
-        with self._lock:
-            self._instrumented = True
-            self._put_on()
-
-    def remove(self) -> bool:
-        with self._lock:
-            self._instrumented = False
-            return self._take_off_if_unused()
-
-    def hold(self, connection: Any) -> None:
-        with self._lock:
-            self._connections.add(connection)
-            self._put_on()
-
-    def release(self, connection: Any) -> None:
-        with self._lock:
-            self._connections.discard(connection)
-            self._take_off_if_unused()
-
-    def _put_on(self) -> None:
-        if not self._patches:
-            patches = [Patch(owner, name, make) for owner, name, make in _targets()]
-            for patch in patches:
-                patch.install()
-            self._patches = patches
-
-    def _take_off_if_unused(self) -> bool:
-        # asyncpg's is_closed, not an override of the application's.
-        is_closed = BASE_CONNECTION.is_closed
-        if self._instrumented or not all(is_closed(c) for c in list(self._connections)):
-            return False
-        put_back = all([patch.remove() for patch in reversed(self._patches)])
-        self._patches = []
-        self._connections = weakref.WeakSet()
-        return put_back
+def _is_closed(connection: Any) -> bool:
+    # asyncpg's is_closed, not an override of the application's.
+    closed: bool = BASE_CONNECTION.is_closed(connection)
+    return closed
 
 
-_in_place = _InPlace()
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_in_place._after_fork_in_child)
+#: asyncpg's classes, counting while asyncpg is instrumented or a counting connection is open.
+in_place = InPlaceCounting(_targets, _is_closed)
 
 
 # --------------------------------------------------------------- connections
@@ -274,7 +223,7 @@ if hasattr(os, "register_at_fork"):
 
 def _count(connection: Any, meter: Meter) -> None:
     already_counted_by_other(connection, meter, NAME)
-    _in_place.hold(connection)
+    in_place.hold(connection)
     set_connection_meter(connection, meter)
 
 
@@ -306,7 +255,7 @@ def instrument(module: Any, meter: Meter) -> list[Any]:
 
         return like(connect, original)
 
-    patches: list[Any] = [_in_place, Patch(asyncpg.connection, "connect", make)]
+    patches: list[Any] = [in_place, Patch(asyncpg.connection, "connect", make)]
     if getattr(module, "connect", None) is patches[1].original:
         patches.append(Patch(module, "connect", make))
     return patches
@@ -320,5 +269,5 @@ def wrap(connection: Any, meter: Meter) -> Any:
 def unwrap(connection: Any) -> Any:
     own = _own_connection(connection)
     forget_connection(own)
-    _in_place.release(own)
+    in_place.release(own)
     return connection

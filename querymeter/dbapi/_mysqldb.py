@@ -18,10 +18,7 @@ and subclasses all count.
 
 from __future__ import annotations
 
-import os
 import sys
-import threading
-import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -33,6 +30,8 @@ import MySQLdb.cursors  # type: ignore[import-untyped]
 from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
+    InPlaceCounting,
+    InPlaceTarget,
     already_counted_by_other,
     connection_meter,
     forget_connection,
@@ -138,11 +137,7 @@ def _counted_query(patch: Patch) -> Any:
     return like(query, own)
 
 
-# (class, method, how it counts): one method counted in place.
-_Target = tuple[type, str, Callable[[Patch], Any]]
-
-
-def _targets() -> list[_Target]:
+def _targets() -> list[InPlaceTarget]:
     """Every method of MySQLdb's counted in place."""
     methods: dict[str, Callable[[Patch], Any]] = {
         "execute": _counted_call,
@@ -150,7 +145,7 @@ def _targets() -> list[_Target]:
         "executemany": _counted_batch,
     }
     own = vars(BASE_CURSOR)
-    targets: list[_Target] = [
+    targets: list[InPlaceTarget] = [
         (BASE_CURSOR, name, make) for name, make in methods.items() if name in own
     ]
     if "query" in vars(BASE_CONNECTION):
@@ -162,75 +157,8 @@ def _is_closed(connection: Any) -> bool:
     return not _is_open(connection)
 
 
-class _InPlace:
-    """The counting methods on MySQLdb's classes: there while instrumented or a
-    counting connection is open.
-
-    Stands in the list of patches that ``instrument`` returns (``install`` /
-    ``remove``), and is held by each connection it counts.
-    """
-
-    def __init__(
-        self,
-        targets: Callable[[], list[_Target]],
-        is_closed: Callable[[Any], bool],
-    ) -> None:
-        self._targets = targets
-        self._is_closed = is_closed
-        self._patches: list[Patch] = []
-        self._instrumented = False
-        self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._lock = threading.Lock()
-
-    def _after_fork_in_child(self) -> None:
-        self._lock = threading.Lock()
-
-    def install(self) -> None:
-        with self._lock:
-            self._instrumented = True
-            self._put_on()
-
-    def remove(self) -> bool:
-        with self._lock:
-            self._instrumented = False
-            return self._take_off_if_unused()
-
-    def hold(self, connection: Any) -> None:
-        with self._lock:
-            self._connections.add(connection)
-            self._put_on()
-
-    def release(self, connection: Any) -> None:
-        with self._lock:
-            self._connections.discard(connection)
-            self._take_off_if_unused()
-
-    def _put_on(self) -> None:
-        if not self._patches:
-            patches = [Patch(owner, name, make) for owner, name, make in self._targets()]
-            for patch in patches:
-                patch.install()
-            self._patches = patches
-
-    def _take_off_if_unused(self) -> bool:
-        if self._instrumented:
-            return False
-        connections = list(self._connections)
-        if not all(self._is_closed(connection) for connection in connections):
-            return False
-        # Closed connections stop counting with the methods: their entries go too.
-        for connection in connections:
-            forget_connection(connection)
-        put_back = all([patch.remove() for patch in reversed(self._patches)])
-        self._patches = []
-        self._connections = weakref.WeakSet()
-        return put_back
-
-
 #: MySQLdb's classes, counting while MySQLdb is instrumented or a counting connection is open.
-in_place = _InPlace(_targets, _is_closed)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=in_place._after_fork_in_child)
+in_place = InPlaceCounting(_targets, _is_closed)
 
 
 # --------------------------------------------------------------- connections
