@@ -1,17 +1,26 @@
-"""DB-API hooks for psycopg 3, sync and async: counted cursor factories on counting connections.
+"""DB-API hooks for psycopg 3, sync and async: counted in place, on psycopg's own cursor classes.
 
-Counted, on Cursor, ClientCursor, RawCursor and their async twins:
-``execute``, ``executemany``, ``stream`` (from the first row asked for until
-the stream ends) and ``copy`` (the ``with`` block); on server-side cursors,
-``execute``.  ``Connection.execute`` goes through ``cursor()``, so it is
-counted there, once.  ``Connection.connect`` and ``AsyncConnection.connect``
-(and ``psycopg.connect``) are patched, so connections of subclasses and of
-psycopg_pool are counted too.  An existing connection changes class in place.
+Counted, on ``Cursor`` and ``AsyncCursor`` (so on ``ClientCursor``,
+``RawCursor`` and every subclass, the application's included): ``execute``,
+``executemany``, ``stream`` (from the first row asked for until the stream
+ends) and ``copy`` (the ``with`` block); on ``ServerCursor`` and
+``AsyncServerCursor``: ``execute``.  ``Connection.execute`` goes through a
+cursor, so it is counted there, once.
+
+Each counting method finds the meter of its cursor's connection in the side
+table, and a connection that does not count calls psycopg's own at once.  So
+``type(connection)``, ``type(cursor)``, ``cursor_factory`` and
+``server_cursor_factory`` stay exactly what the application made and chose:
+psycopg's code and the application's that branch on them see their own
+classes.  ``Connection.connect`` and ``AsyncConnection.connect`` (and
+``psycopg.connect``) are patched, so connections of subclasses and of
+psycopg_pool are counted too.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import psycopg
@@ -19,100 +28,191 @@ import psycopg
 from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
-    ConnectionClasses,
-    CountedMethod,
+    InPlaceCounting,
+    InPlaceTarget,
+    already_counted_by_other,
     connection_meter,
-    connection_namespace,
-    counted_async_context,
-    counted_async_iteration,
-    counted_class,
-    counted_context,
-    counted_iteration,
-    counted_meter,
-    original_class,
+    forget_connection,
     report_fault,
-    tracked,
-    unwrap_in_place,
-    wrap_in_place,
+    set_connection_meter,
 )
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
 NAME = "psycopg"
-SERVER_CURSORS = (psycopg.ServerCursor, psycopg.AsyncServerCursor)
-SYNC_METHODS: dict[str, CountedMethod] = {
-    "execute": tracked,
-    "executemany": tracked,
-    "stream": counted_iteration,
-    "copy": counted_context,
-}
-ASYNC_METHODS: dict[str, CountedMethod] = {
-    "execute": tracked,
-    "executemany": tracked,
-    "stream": counted_async_iteration,
-    "copy": counted_async_context,
-}
-SERVER_METHODS: dict[str, CountedMethod] = {"execute": tracked}
-FACTORY_ATTRIBUTES = ("cursor_factory", "server_cursor_factory")
+CURSOR_METHODS = ("execute", "executemany", "stream", "copy")
+# A server-side cursor's executemany raises NotSupportedError without sending anything.
+SERVER_CURSOR_METHODS = ("execute",)
 
 
 def connection_types() -> tuple[type, ...]:
     return (psycopg.Connection, psycopg.AsyncConnection)
 
 
-def cursor_class(base: type, meter: Meter) -> type:
-    """The counted subclass of a psycopg cursor class."""
-    if issubclass(base, SERVER_CURSORS):
-        methods = SERVER_METHODS
-    elif inspect.iscoroutinefunction(getattr(base, "execute", None)):
-        methods = ASYNC_METHODS
-    else:
-        methods = SYNC_METHODS
-    return counted_class(base, meter, methods)
+# ------------------------------------------------------------ counting methods
+#
+# Each takes the Patch that installs it: ``patch.own`` is psycopg's function,
+# and a patch that was removed while another tool's wrapper kept it in a
+# chain becomes a pass-through (``patch.active``).  A cursor's connection is
+# ``self._conn`` (psycopg's slot, which ``cursor.connection`` returns).
 
 
-def count_factories(connection: Any, meter: Meter) -> None:
-    """Make the connection's cursor factories counted ones (also ones assigned later)."""
-    for attribute in FACTORY_ATTRIBUTES:
-        factory = getattr(connection, attribute, None)
-        if isinstance(factory, type) and counted_meter(factory) is not meter:
-            setattr(connection, attribute, cursor_class(factory, meter))
+def _counted_call(patch: Patch) -> Any:
+    """A method that sends a statement and returns once it is done."""
+    own = patch.own
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        meter = connection_meter(self._conn)
+        if meter is None or not patch.active:
+            return own(self, *args, **kwargs)
+        return meter._call(own, self, *args, **kwargs)
+
+    return like(method, own)
 
 
-def restore_factories(connection: Any) -> None:
-    for attribute in FACTORY_ATTRIBUTES:
-        factory = getattr(connection, attribute, None)
-        if isinstance(factory, type) and counted_meter(factory) is not None:
-            setattr(connection, attribute, original_class(factory))
+def _counted_coroutine(patch: Patch) -> Any:
+    """The async twin: counted from the coroutine's first step until it is done."""
+    own = patch.own
+
+    # A coroutine function still (inspect.iscoroutinefunction holds), as psycopg's.
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        meter = connection_meter(self._conn)
+        if meter is None or not patch.active:
+            return await own(self, *args, **kwargs)
+        return await meter._awaiting(own(self, *args, **kwargs))
+
+    return like(method, own)
 
 
-def _counting_connection_class(base: Any) -> type:
-    base_cursor = base.cursor
+def _counted_stream(patch: Patch) -> Any:
+    """``stream``: from the first row asked for until the rows end, fail or are closed."""
+    own = patch.own
 
-    def cursor(self: Any, *args: Any, **kwargs: Any) -> Any:
-        meter = connection_meter(self)
-        if meter is not None:
-            count_factories(self, meter)
-        return base_cursor(self, *args, **kwargs)
+    def stream(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        rows = own(self, *args, **kwargs)
+        meter = connection_meter(self._conn)
+        if meter is None or not patch.active:
+            return rows  # type: ignore[no-any-return]
+        return meter._iterating(rows)
 
-    cursor.__doc__ = base_cursor.__doc__
-    namespace = connection_namespace(base)
-    namespace["cursor"] = cursor
-    return type(base.__name__, (base,), namespace)
+    return like(stream, own)
 
 
-#: The counting subclass of a psycopg connection class (its meter is per connection).
-connection_class = ConnectionClasses(_counting_connection_class)
+def _counted_async_stream(patch: Patch) -> Any:
+    own = patch.own
+
+    def stream(self: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        rows = own(self, *args, **kwargs)
+        meter = connection_meter(self._conn)
+        if meter is None or not patch.active:
+            return rows  # type: ignore[no-any-return]
+        return meter._async_iterating(rows)
+
+    return like(stream, own)
+
+
+@contextlib.contextmanager
+def _counted_block(meter: Meter, block: Any) -> Iterator[Any]:
+    with meter.track(), block as inner:
+        yield inner
+
+
+@contextlib.asynccontextmanager
+async def _counted_async_block(meter: Meter, block: Any) -> AsyncIterator[Any]:
+    with meter.track():
+        async with block as inner:
+            yield inner
+
+
+def _counted_copy(patch: Patch) -> Any:
+    """``copy``: the ``with`` block, from the COPY statement to the end of the data."""
+    own = patch.own
+
+    def copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        block = own(self, *args, **kwargs)
+        meter = connection_meter(self._conn)
+        if meter is None or not patch.active:
+            return block
+        return _counted_block(meter, block)
+
+    return like(copy, own)
+
+
+def _counted_async_copy(patch: Patch) -> Any:
+    own = patch.own
+
+    def copy(self: Any, *args: Any, **kwargs: Any) -> Any:
+        block = own(self, *args, **kwargs)
+        meter = connection_meter(self._conn)
+        if meter is None or not patch.active:
+            return block
+        return _counted_async_block(meter, block)
+
+    return like(copy, own)
+
+
+SYNC = {
+    "execute": _counted_call,
+    "executemany": _counted_call,
+    "stream": _counted_stream,
+    "copy": _counted_copy,
+}
+ASYNC = {
+    "execute": _counted_coroutine,
+    "executemany": _counted_coroutine,
+    "stream": _counted_async_stream,
+    "copy": _counted_async_copy,
+}
+
+
+def _targets() -> list[InPlaceTarget]:
+    """Every (class, method, how it counts) of psycopg's counted in place.
+
+    Only where the class defines the method itself: ClientCursor and
+    RawCursor inherit Cursor's, and a method counted twice in one chain
+    would count one statement twice.
+    """
+    cursors = (
+        (psycopg.Cursor, CURSOR_METHODS, SYNC),
+        (psycopg.ClientCursor, CURSOR_METHODS, SYNC),
+        (psycopg.RawCursor, CURSOR_METHODS, SYNC),
+        (psycopg.ServerCursor, SERVER_CURSOR_METHODS, SYNC),
+        (psycopg.AsyncCursor, CURSOR_METHODS, ASYNC),
+        (psycopg.AsyncClientCursor, CURSOR_METHODS, ASYNC),
+        (psycopg.AsyncRawCursor, CURSOR_METHODS, ASYNC),
+        (psycopg.AsyncServerCursor, SERVER_CURSOR_METHODS, ASYNC),
+    )
+    return [
+        (owner, name, how[name])
+        for owner, names, how in cursors
+        for name in names
+        if name in vars(owner)
+    ]
+
+
+def _is_closed(connection: Any) -> bool:
+    # psycopg's property, not an override of the application's.
+    closed: bool = psycopg.BaseConnection.closed.fget(connection)  # type: ignore[attr-defined]
+    return closed
+
+
+#: psycopg's cursor classes, counting while instrumented or a counting connection is open.
+in_place = InPlaceCounting(_targets, _is_closed)
+
+
+# ----------------------------------------------------------------- connections
 
 
 def count_connection(connection: Any, meter: Meter) -> None:
-    """Count a connection (new or existing) into a meter, in place."""
-    wrap_in_place(connection, meter, NAME, connection_class)
-    count_factories(connection, meter)
+    """Count a connection (new or existing) into a meter; nothing of it changes."""
+    already_counted_by_other(connection, meter, NAME)
+    in_place.hold(connection)
+    set_connection_meter(connection, meter)
 
 
-def instrument(module: Any, meter: Meter) -> list[Patch]:
-    """Patch Connection.connect, AsyncConnection.connect and psycopg.connect."""
+def instrument(module: Any, meter: Meter) -> list[Any]:
+    """Put the counting methods on psycopg's cursor classes, and patch
+    Connection.connect, AsyncConnection.connect and psycopg.connect."""
 
     def count_new(connection: Any) -> None:
         try:
@@ -149,7 +249,7 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
         # psycopg.connect is Connection.connect, bound when psycopg was imported.
         return sync_patch.replacement.__get__(None, module.Connection)
 
-    return [sync_patch, async_patch, Patch(module, "connect", make_module)]
+    return [in_place, sync_patch, async_patch, Patch(module, "connect", make_module)]
 
 
 def wrap(connection: Any, meter: Meter) -> Any:
@@ -158,5 +258,6 @@ def wrap(connection: Any, meter: Meter) -> Any:
 
 
 def unwrap(connection: Any) -> Any:
-    restore_factories(connection)
-    return unwrap_in_place(connection)
+    forget_connection(connection)
+    in_place.release(connection)
+    return connection

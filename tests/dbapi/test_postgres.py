@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -516,3 +517,372 @@ def _count_on_both_sides(
     server = server_delta(workload, at_least=44) - session
     ours = (meter.snapshot() - before).queries
     return ours, server
+
+
+# ------------------------------------------- psycopg 3: the application's own classes
+
+
+def test_psycopg_classes_and_factories_stay_psycopgs_own(
+    counted_psycopg: Any, meter: MeterType
+) -> None:
+    """type(connection), type(cursor) and the cursor factories read back are psycopg's classes."""
+    connection = counted_psycopg
+    assert type(connection) is psycopg.Connection
+    with connection.cursor() as cursor:
+        assert type(cursor) is psycopg.Cursor
+        cursor.execute("SELECT 1")
+    assert type(connection.execute("SELECT 2")) is psycopg.Cursor
+    assert connection.cursor_factory is psycopg.Cursor
+    for factory in (psycopg.ClientCursor, psycopg.RawCursor):
+        connection.cursor_factory = factory
+        assert type(connection.cursor()) is factory
+        assert type(connection.execute("SELECT 3")) is factory
+        assert connection.cursor_factory is factory
+    with connection.transaction(), connection.cursor("server_side") as named:
+        assert type(named) is psycopg.ServerCursor
+        named.execute("SELECT 4")
+        assert named.fetchall() == [(4,)]
+    assert connection.server_cursor_factory is psycopg.ServerCursor
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors) == (5, 0)
+
+
+def test_psycopg_async_classes_and_factories_stay_psycopgs_own(
+    meter: MeterType, pg_dsn: str
+) -> None:
+    """The async connection, cursors and factories read back are psycopg's async classes."""
+    dbapi.instrument(psycopg, meter=meter)
+
+    async def main() -> None:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as connection:
+            assert type(connection) is psycopg.AsyncConnection
+            assert type(await connection.execute("SELECT 1")) is psycopg.AsyncCursor
+            connection.cursor_factory = psycopg.AsyncClientCursor
+            cursor = await connection.execute("SELECT %s", (2,))
+            assert type(cursor) is psycopg.AsyncClientCursor
+            assert await cursor.fetchone() == (2,)
+            assert connection.cursor_factory is psycopg.AsyncClientCursor
+            async with connection.transaction(), connection.cursor("server_side") as named:
+                assert type(named) is psycopg.AsyncServerCursor
+                await named.execute("SELECT 3")
+                assert await named.fetchall() == [(3,)]
+
+    asyncio.run(main())
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors) == (3, 0)
+
+
+def test_psycopg_application_cursor_classes_are_used_as_they_are(
+    meter: MeterType, pg_dsn: str
+) -> None:
+    """An application's Cursor subclass with class hooks is used as it is, counted, no hook run."""
+    hooked = transparency.HookedClasses(psycopg.Cursor)
+    dbapi.instrument(psycopg, meter=meter)
+    with psycopg.connect(pg_dsn, autocommit=True, cursor_factory=hooked.Application) as connection:
+        assert connection.cursor_factory is hooked.Application
+        cursor = connection.cursor()
+        assert type(cursor) is hooked.Application
+        assert cursor.execute("SELECT 1").fetchone() == (1,)
+        assert type(connection.execute("SELECT 2")) is hooked.Application
+        assert connection.cursor_factory is hooked.Application
+    assert hooked.state() == hooked.before
+    assert hooked.Application.__subclasses__() == []
+    assert meter.snapshot().queries == 2
+
+
+def test_psycopg_pool_connections_stay_the_pools_and_count(meter: MeterType, pg_dsn: str) -> None:
+    """psycopg_pool's connections, of psycopg's class or the pool's, count and keep their type."""
+    psycopg_pool = driver("psycopg_pool")
+
+    class AppConnection(psycopg.Connection):  # type: ignore[type-arg]
+        pass
+
+    dbapi.instrument(psycopg, meter=meter)
+    for connection_class in (psycopg.Connection, AppConnection):
+        with psycopg_pool.ConnectionPool(
+            pg_dsn,
+            min_size=1,
+            max_size=1,
+            connection_class=connection_class,
+            kwargs={"autocommit": True},
+            open=True,
+        ) as pool:
+            with pool.connection() as connection:
+                assert type(connection) is connection_class
+                assert type(connection.execute("SELECT 1")) is psycopg.Cursor
+                assert connection.cursor_factory is psycopg.Cursor
+            assert pool.connection().__enter__().execute("SELECT 2").fetchone() == (2,)
+    assert meter.snapshot().queries == 4
+
+
+def test_psycopg_async_pool_connections_count(meter: MeterType, pg_dsn: str) -> None:
+    """psycopg_pool's async pool lends psycopg's AsyncConnection, counted."""
+    psycopg_pool = driver("psycopg_pool")
+    dbapi.instrument(psycopg, meter=meter)
+
+    async def main() -> Any:
+        async with (
+            psycopg_pool.AsyncConnectionPool(
+                pg_dsn, min_size=1, max_size=1, kwargs={"autocommit": True}, open=False
+            ) as pool,
+            pool.connection() as connection,
+        ):
+            assert type(connection) is psycopg.AsyncConnection
+            cursor = await connection.execute("SELECT 5")
+            assert type(cursor) is psycopg.AsyncCursor
+            return await cursor.fetchone()
+
+    assert asyncio.run(main()) == (5,)
+    assert meter.snapshot().queries == 1
+
+
+def test_psycopg_connections_opened_before_instrumenting_are_not_counted(
+    meter: MeterType, pg_dsn: str
+) -> None:
+    """A connection opened before instrument() runs psycopg's own methods, uncounted."""
+    with psycopg.connect(pg_dsn, autocommit=True) as before:
+        dbapi.instrument(psycopg, meter=meter)
+        assert before.execute("SELECT 1").fetchone() == (1,)
+        assert [row for row in before.cursor().stream("SELECT 2")] == [(2,)]
+    assert meter.snapshot().queries == 0
+
+
+def test_psycopg_an_open_connection_keeps_counting_after_uninstrument(
+    meter: MeterType, pg_dsn: str
+) -> None:
+    """After uninstrument an open counted connection still counts; closed and unwrapped, psycopg's
+    classes get their very own methods back."""
+    originals = {name: vars(psycopg.Cursor)[name] for name in ("execute", "stream")}
+    dbapi.instrument(psycopg, meter=meter)
+    connection = psycopg.connect(pg_dsn, autocommit=True)
+    dbapi.uninstrument(psycopg)
+    connection.execute("SELECT 1")
+    assert meter.snapshot().queries == 1
+    assert vars(psycopg.Cursor)["execute"] is not originals["execute"]
+    connection.close()
+    dbapi.unwrap_connection(connection)
+    assert {name: vars(psycopg.Cursor)[name] for name in originals} == originals
+    with psycopg.connect(pg_dsn, autocommit=True) as later:
+        assert dbapi.wrap_connection(later, meter=meter) is later
+        assert vars(psycopg.Cursor)["execute"] is not originals["execute"]
+        later.execute("SELECT 2")
+        dbapi.unwrap_connection(later)
+        later.execute("SELECT 3")
+    assert vars(psycopg.Cursor)["execute"] is originals["execute"]
+    assert meter.snapshot().queries == 2
+
+
+def test_psycopg_errors_pass_through_one_frame_of_querymeter_at_most(
+    counted_psycopg: Any, meter: MeterType
+) -> None:
+    """A driver's error reaches the caller through at most one frame of querymeter's hooks."""
+    connection = counted_psycopg
+    cursor = connection.cursor()
+
+    def copy() -> None:
+        with cursor.copy("COPY querymeter_missing FROM STDIN") as block:
+            block.write_row((1,))
+
+    actions: list[Callable[[], Any]] = [
+        lambda: cursor.execute("SELEKT 1"),
+        lambda: cursor.executemany("SELEKT %s", [(1,)]),
+        lambda: list(cursor.stream("SELEKT 1")),
+        lambda: list(cursor.stream("SELECT 1 / (2 - n) FROM generate_series(1, 3) AS n")),
+        copy,
+        lambda: connection.execute("SELEKT 1"),
+    ]
+    for action in actions:
+        with pytest.raises(psycopg.Error) as caught:
+            action()
+        assert len(transparency.hook_frames(caught.value)) <= 1, caught.traceback
+
+    async def main() -> list[list[str]]:
+        frames = []
+        async with await psycopg.AsyncConnection.connect(
+            connection.info.dsn, autocommit=True
+        ) as asynchronous:
+            cursor = asynchronous.cursor()
+            for attempt in (
+                lambda: cursor.execute("SELEKT 1"),
+                lambda: asynchronous.execute("SELEKT 1"),
+            ):
+                with pytest.raises(psycopg.Error) as caught:
+                    await attempt()
+                frames.append(transparency.hook_frames(caught.value))
+            with pytest.raises(psycopg.Error) as caught:
+                _ = [row async for row in cursor.stream("SELEKT 1")]
+            frames.append(transparency.hook_frames(caught.value))
+        return frames
+
+    assert all(len(frames) <= 1 for frames in asyncio.run(main()))
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors) == (9, 9)
+
+
+# ------------------------------------- psycopg2: connection classes with a cursor()
+
+
+@pytest.fixture
+def hstore_dsn(pg_dsn: str) -> str:
+    """A database of ours with the hstore extension (created once, left for the next run)."""
+    database = "querymeter_dbapi_extras"
+    with psycopg.connect(pg_dsn, autocommit=True) as admin:
+        if not admin.execute(
+            "SELECT 1 FROM pg_database WHERE datname = %s", (database,)
+        ).fetchone():
+            with contextlib.suppress(psycopg.errors.DuplicateDatabase):
+                admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
+    target = psycopg.conninfo.make_conninfo(pg_dsn, dbname=database)
+    # Two runs at once may race to create it: the loser's error means it is there.
+    with (
+        psycopg.connect(target, autocommit=True) as connection,
+        contextlib.suppress(psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject),
+    ):
+        connection.execute("CREATE EXTENSION IF NOT EXISTS hstore")
+    return target
+
+
+EXTRAS = [
+    ("DictConnection", "DictCursor"),
+    ("RealDictConnection", "RealDictCursor"),
+    ("NamedTupleConnection", "NamedTupleCursor"),
+]
+
+
+def _row(row: Any) -> Any:
+    """A fetched row as comparable data, with the kind of row it was."""
+    if row is None:
+        return None
+    kind = type(row).__name__
+    if hasattr(row, "keys"):
+        return (kind, sorted(row.items()))
+    return (kind, tuple(row))
+
+
+@pytest.mark.parametrize(("connection_name", "cursor_name"), EXTRAS)
+def test_psycopg2_extras_connections_make_their_own_cursors(
+    meter: MeterType, hstore_dsn: str, connection_name: str, cursor_name: str
+) -> None:
+    """DictConnection and its kin make their own cursors, counted; hstore and composite types
+    register on them."""
+    factory = getattr(psycopg2.extras, connection_name)
+    cursor_class = getattr(psycopg2.extras, cursor_name)
+
+    def script() -> list[Any]:
+        connection = psycopg2.connect(hstore_dsn, connection_factory=factory)
+        connection.autocommit = True
+        try:
+            cursor = connection.cursor()
+            results: list[Any] = [isinstance(cursor, cursor_class)]
+            cursor.execute("SELECT 1 AS one, 'a' AS letter")
+            results.append(_row(cursor.fetchone()))
+            plain = connection.cursor(cursor_factory=psycopg2.extensions.cursor)
+            results.append(isinstance(plain, cursor_class))
+            plain.execute("SELECT 2 AS two")
+            results.append(_row(plain.fetchone()))
+            psycopg2.extras.register_hstore(connection)
+            cursor.execute("SELECT 'a=>1'::hstore AS pairs")
+            results.append(_row(cursor.fetchone()))
+            cursor.execute("CREATE TEMPORARY TABLE querymeter_pair (a int, b text)")
+            plain.execute("SELECT nspname FROM pg_namespace WHERE oid = pg_my_temp_schema()")
+            (schema,) = plain.fetchone()
+            psycopg2.extras.register_composite(f"{schema}.querymeter_pair", connection)
+            cursor.execute("SELECT (3, 'c')::querymeter_pair AS pair")
+            pair = cursor.fetchone()
+            results.append(tuple(pair["pair"] if cursor_name != "NamedTupleCursor" else pair.pair))
+            connection.autocommit = False
+            with connection.cursor("querymeter_named") as named:
+                results.append(isinstance(named, cursor_class))
+                named.execute("SELECT generate_series(1, 3) AS n")
+                results.append([_row(row) for row in named.fetchall()])
+            connection.rollback()
+            return results
+        finally:
+            connection.close()
+
+    raw = script()
+    dbapi.instrument(psycopg2, meter=meter)
+    assert script() == raw
+    assert raw[:3] == [True, raw[1], False]
+    # Seven statements of the script's, and one each that register_hstore and
+    # register_composite send on a cursor of their own.
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors) == (9, 0)
+
+
+def test_psycopg2_a_connection_class_with_its_own_cursor_default_keeps_it(
+    meter: MeterType, pg_dsn: str
+) -> None:
+    """A connection_factory whose cursor() has its own cursor_factory default keeps it, counted."""
+
+    class AppConnection(psycopg2.extensions.connection):  # type: ignore[misc]
+        def cursor(  # type: ignore[override]
+            self, name: Any = None, cursor_factory: Any = psycopg2.extras.RealDictCursor, **kw: Any
+        ) -> Any:
+            return super().cursor(name, cursor_factory=cursor_factory, **kw)
+
+    dbapi.instrument(psycopg2, meter=meter)
+    connection = psycopg2.connect(pg_dsn, connection_factory=AppConnection)
+    try:
+        assert isinstance(connection, AppConnection)
+        with connection.cursor() as cursor:
+            assert isinstance(cursor, psycopg2.extras.RealDictCursor)
+            cursor.execute("SELECT 1 AS one")
+            assert cursor.fetchone() == {"one": 1}
+        with connection.cursor(cursor_factory=psycopg2.extras.NamedTupleCursor) as cursor:
+            cursor.execute("SELECT 2 AS two")
+            assert cursor.fetchone().two == 2
+    finally:
+        connection.close()
+    assert meter.snapshot().queries == 2
+
+
+def test_psycopg2_counting_runs_no_code_of_the_applications_classes(
+    meter: MeterType, pg_dsn: str
+) -> None:
+    """Counting an application's cursor and connection classes runs none of their class hooks."""
+    cursors = transparency.HookedClasses(psycopg2.extensions.cursor)
+    connections = transparency.HookedClasses(psycopg2.extensions.connection)
+    dbapi.instrument(psycopg2, meter=meter)
+    connection = psycopg2.connect(pg_dsn, connection_factory=connections.Application)
+    try:
+        assert isinstance(connection, connections.Application)
+        with connection.cursor(cursor_factory=cursors.Application) as cursor:
+            assert isinstance(cursor, cursors.Application)
+            cursor.execute("SELECT 1")
+            assert cursor.fetchone() == (1,)
+    finally:
+        connection.close()
+    assert cursors.state() == cursors.before
+    assert connections.state() == connections.before
+    assert meter.snapshot().queries == 1
+
+
+def test_psycopg2_wrapping_an_existing_dict_connection_without_a_factory_is_refused(
+    meter: MeterType, pg_dsn: str
+) -> None:
+    """wrap_connection refuses an open DictConnection it could count only by changing its cursor."""
+    connection = psycopg2.connect(pg_dsn, connection_factory=psycopg2.extras.DictConnection)
+    try:
+        with pytest.raises(ValueError, match="cursor_factory"):
+            dbapi.wrap_connection(connection, meter=meter)
+        assert connection.cursor_factory is None
+        assert dbapi.meter_of(connection) is None
+        assert isinstance(connection.cursor(), psycopg2.extras.DictCursor)
+    finally:
+        connection.close()
+
+
+def test_psycopg2_errors_pass_through_one_frame_of_querymeter_at_most(
+    counted_psycopg2: Any,
+) -> None:
+    """A driver's error reaches the caller through at most one frame of querymeter's hooks."""
+    with counted_psycopg2.cursor() as cursor:
+        for action in (
+            lambda: cursor.execute("SELEKT 1"),
+            lambda: cursor.executemany("SELEKT %s", [(1,)]),
+            lambda: cursor.callproc("querymeter_missing"),
+        ):
+            with pytest.raises(psycopg2.Error) as caught:
+                action()
+            assert len(transparency.hook_frames(caught.value)) <= 1, caught.traceback
