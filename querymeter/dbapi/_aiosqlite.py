@@ -1,4 +1,4 @@
-"""DB-API hooks for aiosqlite: counted at the coroutine, where the application waits.
+"""DB-API hooks for aiosqlite: counted in place, at the coroutine, where the application waits.
 
 Counted: ``Connection.execute``, ``executemany``, ``executescript``,
 ``execute_fetchall`` and ``execute_insert``, and ``Cursor.execute``,
@@ -6,8 +6,11 @@ Counted: ``Connection.execute``, ``executemany``, ``executescript``,
 coroutine starts until its result is back, queueing for the connection's
 worker thread included: that is the time the application waits, so many
 coroutines can be in flight at once from one thread, and a cancelled query
-ends, as an error, when its coroutine does.  The sqlite3 connection
-underneath is not counted again, even if sqlite3 is instrumented too.
+ends, as an error, when its coroutine does.  The counting methods are on
+aiosqlite's own classes and find the connection's meter in the side table,
+so ``type(connection)`` and ``type(cursor)`` stay aiosqlite's.  The sqlite3
+connection underneath is not counted again, even if sqlite3 is instrumented
+too.
 """
 
 from __future__ import annotations
@@ -21,21 +24,19 @@ import aiosqlite.context
 from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
-    ConnectionClasses,
+    InPlaceCounting,
+    InPlaceTarget,
+    already_counted_by_other,
     connection_meter,
-    connection_namespace,
-    counted_class,
     forget_connection,
     report_fault,
-    tracked,
-    unwrap_in_place,
-    wrap_in_place,
+    set_connection_meter,
 )
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
 NAME = "aiosqlite"
-CURSOR_METHODS = {"execute": tracked, "executemany": tracked, "executescript": tracked}
+CURSOR_METHODS = ("execute", "executemany", "executescript")
 SHORTCUTS = ("execute", "executemany", "executescript", "execute_fetchall", "execute_insert")
 BASE_CONNECTION = aiosqlite.Connection
 BASE_CURSOR = aiosqlite.Cursor
@@ -45,18 +46,6 @@ def connection_types() -> tuple[type, ...]:
     return (BASE_CONNECTION,)
 
 
-def cursor_class(base: type, meter: Meter) -> type:
-    """The counted subclass of an aiosqlite cursor class."""
-    return counted_class(base, meter, CURSOR_METHODS)
-
-
-def counted_cursor(result: Any, meter: Meter | None) -> Any:
-    """A cursor the connection returned, made counted (aiosqlite makes plain ones)."""
-    if meter is not None and isinstance(result, BASE_CURSOR):
-        result.__class__ = cursor_class(type(result), meter)
-    return result
-
-
 def _coroutine_function(method: Any) -> Callable[..., Coroutine[Any, Any, Any]]:
     # aiosqlite's methods are `async def`s wrapped to return a Result that is
     # both awaitable and an async context manager; count the coroutine inside.
@@ -64,59 +53,85 @@ def _coroutine_function(method: Any) -> Callable[..., Coroutine[Any, Any, Any]]:
     return inner
 
 
-def _make_connection_class(base: Any) -> type[Any]:
-    namespace = connection_namespace(base)
+# ------------------------------------------------------------ counting methods
+#
+# Each takes the Patch that installs it: ``patch.own`` is aiosqlite's
+# function, and a patch that was removed while another tool's wrapper kept it
+# in a chain becomes a pass-through (``patch.active``).
 
-    def shortcut(name: str) -> Any:
-        inner = _coroutine_function(getattr(base, name))
 
-        async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
-            meter = connection_meter(self)
-            if meter is None:
-                return await inner(self, *args, **kwargs)
-            # The core's awaitable pairs begin and end; a cancellation (the
-            # application stopped waiting) ends the query as an error.
-            result = await meter._awaiting(inner(self, *args, **kwargs))
-            return counted_cursor(result, meter)
+def shortcut(patch: Patch) -> Any:
+    """A connection method: its coroutine is the query; it still returns aiosqlite's Result."""
+    inner = _coroutine_function(patch.own)
 
-        counted.__name__ = name
-        counted.__qualname__ = f"{base.__qualname__}.{name}"
-        counted.__doc__ = inner.__doc__
-        return aiosqlite.context.contextmanager(counted)
+    async def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        meter = connection_meter(self)
+        if meter is None or not patch.active:
+            return await inner(self, *args, **kwargs)
+        # The core's awaitable pairs begin and end; a cancellation (the
+        # application stopped waiting) ends the query as an error.
+        return await meter._awaiting(inner(self, *args, **kwargs))
 
-    for name in SHORTCUTS:
-        if hasattr(base, name):
-            namespace[name] = shortcut(name)
+    like(counted, inner)
+    return aiosqlite.context.contextmanager(counted)
 
-    make_cursor = _coroutine_function(base.cursor)
 
-    async def cursor(self: Any) -> Any:
-        return counted_cursor(await make_cursor(self), connection_meter(self))
+def _counted_cursor_method(patch: Patch) -> Any:
+    """A cursor method (an ``async def``): its coroutine is the query."""
+    own = patch.own
 
-    cursor.__doc__ = make_cursor.__doc__
-    namespace["cursor"] = aiosqlite.context.contextmanager(cursor)
+    async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        meter = connection_meter(self._conn)
+        if meter is None or not patch.active:
+            return await own(self, *args, **kwargs)
+        return await meter._awaiting(own(self, *args, **kwargs))
 
-    base_connect = base._connect
+    return like(method, own)
+
+
+def _connecting(patch: Patch) -> Any:
+    """``Connection._connect``: the sqlite3 connection it opens is not counted again."""
+    own = patch.own
 
     async def _connect(self: Any) -> Any:
-        connected = await base_connect(self)
-        # Counted here, where the application waits: the sqlite3 connection
-        # underneath must not count the same statements again.
-        inner = getattr(self, "_connection", None)
-        if inner is not None:
-            forget_connection(inner)
+        connected = await own(self)
+        if patch.active and connection_meter(self) is not None:
+            _forget_inner(self)
         return connected
 
-    namespace["_connect"] = _connect
-    return type(base.__name__, (base,), namespace)
+    return like(_connect, own)
 
 
-#: The counting subclass of an aiosqlite Connection class (its meter is per connection).
-connection_class = ConnectionClasses(_make_connection_class)
+def _forget_inner(connection: Any) -> None:
+    # Counted here, where the application waits: the sqlite3 connection
+    # underneath must not count the same statements again.
+    inner = connection.__dict__.get("_connection")
+    if inner is not None:
+        forget_connection(inner)
 
 
-def instrument(module: Any, meter: Meter) -> list[Patch]:
-    """Patch aiosqlite.connect (and aiosqlite.core.connect)."""
+def _targets() -> list[InPlaceTarget]:
+    targets: list[InPlaceTarget] = [(BASE_CONNECTION, name, shortcut) for name in SHORTCUTS]
+    targets += [(BASE_CURSOR, name, _counted_cursor_method) for name in CURSOR_METHODS]
+    targets.append((BASE_CONNECTION, "_connect", _connecting))
+    return [target for target in targets if target[1] in vars(target[0])]
+
+
+def _is_closed(connection: Any) -> bool:
+    # aiosqlite's own flag: false once stop() or close() ran.
+    return not connection.__dict__.get("_running", False)
+
+
+#: aiosqlite's classes, counting while aiosqlite is instrumented or a counting connection is open.
+in_place = InPlaceCounting(_targets, _is_closed)
+
+
+# ----------------------------------------------------------------- connections
+
+
+def instrument(module: Any, meter: Meter) -> list[Any]:
+    """Put the counting methods on aiosqlite's classes, and patch aiosqlite.connect
+    (and aiosqlite.core.connect)."""
 
     def make(patch: Patch) -> Callable[..., Any]:
         original = patch.original
@@ -132,20 +147,22 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
 
         return like(connect, original)
 
-    patches = [Patch(module, "connect", make)]
+    patches: list[Any] = [in_place, Patch(module, "connect", make)]
     core = getattr(module, "core", None)
-    if core is not None and getattr(core, "connect", None) is patches[0].original:
+    if core is not None and getattr(core, "connect", None) is patches[1].original:
         patches.append(Patch(core, "connect", make))
     return patches
 
 
 def wrap(connection: Any, meter: Meter) -> Any:
-    wrap_in_place(connection, meter, NAME, connection_class)
-    inner = getattr(connection, "_connection", None)
-    if inner is not None:
-        forget_connection(inner)
+    already_counted_by_other(connection, meter, NAME)
+    in_place.hold(connection)
+    set_connection_meter(connection, meter)
+    _forget_inner(connection)
     return connection
 
 
 def unwrap(connection: Any) -> Any:
-    return unwrap_in_place(connection)
+    forget_connection(connection)
+    in_place.release(connection)
+    return connection

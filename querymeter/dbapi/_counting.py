@@ -451,12 +451,7 @@ class InPlaceCounting:
         self._instrumented = False
         self._connections: weakref.WeakSet[Any] = weakref.WeakSet()
         self._lock = threading.Lock()
-        if hasattr(os, "register_at_fork"):
-            os.register_at_fork(after_in_child=self._after_fork_in_child)
-
-    def _after_fork_in_child(self) -> None:
-        # A thread of the parent may have held the lock at the fork.
-        self._lock = threading.Lock()
+        _lock_owners.add(self)
 
     @property
     def patches(self) -> list[Patch]:

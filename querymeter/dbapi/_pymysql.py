@@ -1,11 +1,14 @@
-"""DB-API hooks for PyMySQL: a counting Connection subclass and counted cursor classes.
+"""DB-API hooks for PyMySQL: counted in place, on PyMySQL's own Cursor class.
 
-Counted: ``cursor.execute``, ``callproc`` and ``executemany`` (one query per
+Counted: ``Cursor.execute``, ``callproc`` and ``executemany`` (one query per
 call: PyMySQL sends a batch through ``execute``, which is not counted again
-inside it), for every cursor class (DictCursor, SSCursor, your own).  The
-connection's ``cursor()`` counts the class it is asked for, or its
-``cursorclass``.  ``pymysql.connect`` is patched; an existing connection
-changes class in place.
+inside it), for every cursor class (DictCursor, SSCursor, your own: they
+inherit PyMySQL's methods).  Each counting method finds the meter of its
+cursor's connection in the side table, and a connection that does not count
+calls PyMySQL's own at once: ``type(connection)``, ``type(cursor)`` and
+``cursorclass`` stay exactly what the application made and chose.
+``pymysql.connect`` is patched; it counts the connection before PyMySQL
+connects, so that ``init_command`` counts too.
 """
 
 from __future__ import annotations
@@ -20,59 +23,117 @@ import pymysql.cursors
 from .._patching import Patch, like
 from ..meter import Meter
 from ._counting import (
-    ConnectionClasses,
-    batch,
+    InPlaceCounting,
+    InPlaceTarget,
+    already_counted_by_other,
     connection_meter,
-    connection_namespace,
-    counted_class,
+    forget_connection,
     report_fault,
     set_connection_meter,
-    tracked,
-    unwrap_in_place,
-    wrap_in_place,
 )
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
 NAME = "pymysql"
-CURSOR_METHODS = {"execute": tracked, "callproc": tracked, "executemany": batch("execute")}
 BASE_CONNECTION = pymysql.connections.Connection
+BASE_CURSOR = pymysql.cursors.Cursor
+# Set in a cursor's __dict__ while its executemany runs: the execute calls
+# PyMySQL makes inside the batch are part of it, not queries of their own.
+IN_BATCH = "__querymeter_batch__"
+# Set on the counting execute, to tell it from PyMySQL's or another tool's.
+COUNTING = "__querymeter_counting__"
+# PyMySQL's own execute, which a batch calls where the cursor's class keeps it.
+_own_execute = BASE_CURSOR.__dict__["execute"]
 
 
 def connection_types() -> tuple[type, ...]:
     return (BASE_CONNECTION,)
 
 
-def cursor_class(base: type, meter: Meter) -> type:
-    """The counted subclass of a PyMySQL cursor class."""
-    return counted_class(base, meter, CURSOR_METHODS)
+# ------------------------------------------------------------ counting methods
+#
+# Each takes the Patch that installs it: ``patch.own`` is PyMySQL's function,
+# and a patch that was removed while another tool's wrapper kept it in a
+# chain becomes a pass-through (``patch.active``).  A cursor's connection is
+# its ``connection`` attribute, read from its __dict__ (no property of the
+# application's runs).
 
 
-def _counting_connection_class(base: Any) -> type:
-    base_cursor = base.cursor
+def _counted_call(patch: Patch) -> Any:
+    """``execute`` and ``callproc``: each call is one query, except inside a batch."""
+    own = patch.own
 
-    def cursor(self: Any, cursor: Any = None) -> Any:
-        meter = connection_meter(self)
-        if meter is not None:
-            requested = cursor or self.cursorclass
-            if isinstance(requested, type):
-                cursor = cursor_class(requested, meter)
-            else:
-                report_fault("pymysql: a cursor class that is not a class is not counted")
-        return base_cursor(self, cursor)
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = self.__dict__
+        meter = connection_meter(state.get("connection"))
+        if meter is None or IN_BATCH in state or not patch.active:
+            return own(self, *args, **kwargs)
+        return meter._call(own, self, *args, **kwargs)
 
-    cursor.__doc__ = base_cursor.__doc__
-    namespace = connection_namespace(base)
-    namespace["cursor"] = cursor
-    return type(base.__name__, (base,), namespace)
+    setattr(method, COUNTING, True)
+    return like(method, own)
 
 
-#: The counting subclass of a PyMySQL connection class (its meter is per connection).
-connection_class = ConnectionClasses(_counting_connection_class)
+def _counted_batch(patch: Patch) -> Any:
+    """``executemany``: the batch is one query, the execute calls inside it are not counted.
+
+    During the batch the cursor is marked, so that the counting execute
+    passes PyMySQL's calls through; where the cursor's class keeps PyMySQL's
+    execute, an instance attribute also shadows the counting execute with
+    PyMySQL's own, so that they do not even pass through it.
+    """
+    own = patch.own
+
+    def executemany(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = self.__dict__
+        meter = connection_meter(state.get("connection"))
+        if meter is None or IN_BATCH in state or not patch.active:
+            return own(self, *args, **kwargs)
+        marks: dict[str, Any] = {IN_BATCH: True}
+        shadow = "execute" not in state and getattr(type(self).execute, COUNTING, False)
+        if shadow:
+            marks["execute"] = _own_execute.__get__(self, type(self))
+        # One store, then the try at once: no bytecode in between at which an
+        # asynchronous exception could leave the marks behind.
+        state.update(marks)
+        try:
+            # Timed by the meter's call wrapper: begin and end paired in the core.
+            return meter._call(own, self, *args, **kwargs)
+        finally:
+            for name in marks:
+                state.pop(name, None)
+
+    return like(executemany, own)
 
 
-def instrument(module: Any, meter: Meter) -> list[Patch]:
-    """Patch pymysql.connect and pymysql.Connect (pymysql.Connection stays the class)."""
+def _targets() -> list[InPlaceTarget]:
+    methods = {"execute": _counted_call, "callproc": _counted_call, "executemany": _counted_batch}
+    own = vars(BASE_CURSOR)
+    return [(BASE_CURSOR, name, make) for name, make in methods.items() if name in own]
+
+
+def _is_closed(connection: Any) -> bool:
+    # PyMySQL's own test (the `open` property), not an override of the application's.
+    return connection.__dict__.get("_sock") is None
+
+
+#: PyMySQL's Cursor class, counting while PyMySQL is instrumented or a counting connection is open.
+in_place = InPlaceCounting(_targets, _is_closed)
+
+
+# ----------------------------------------------------------------- connections
+
+
+def count_connection(connection: Any, meter: Meter) -> None:
+    """Count a connection (new or existing) into a meter; nothing of it changes."""
+    already_counted_by_other(connection, meter, NAME)
+    in_place.hold(connection)
+    set_connection_meter(connection, meter)
+
+
+def instrument(module: Any, meter: Meter) -> list[Any]:
+    """Put the counting methods on PyMySQL's Cursor, and patch pymysql.connect and
+    pymysql.Connect (pymysql.Connection stays the class)."""
 
     def make(patch: Patch) -> Callable[..., Any]:
         original = patch.original
@@ -81,11 +142,10 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
             if not patch.active:
                 return original(*args, **kwargs)
             try:
-                counting: Any = connection_class(BASE_CONNECTION)
-                connection = counting.__new__(counting)
-                # Before __init__: PyMySQL runs init_command through cursor()
+                connection = original.__new__(original)
+                # Before __init__: PyMySQL runs init_command through a cursor
                 # while it connects, and that statement counts too.
-                set_connection_meter(connection, meter)
+                count_connection(connection, meter)
             except Exception as exc:  # noqa: BLE001 - ours, never the application's
                 report_fault("pymysql: could not prepare a counted connection", exc)
                 return original(*args, **kwargs)
@@ -94,15 +154,18 @@ def instrument(module: Any, meter: Meter) -> list[Patch]:
 
         return like(connect, original)
 
-    patches = [Patch(module, "connect", make)]
-    if getattr(module, "Connect", None) is patches[0].original:
+    patches: list[Any] = [in_place, Patch(module, "connect", make)]
+    if getattr(module, "Connect", None) is patches[1].original:
         patches.append(Patch(module, "Connect", make))
     return patches
 
 
 def wrap(connection: Any, meter: Meter) -> Any:
-    return wrap_in_place(connection, meter, NAME, connection_class)
+    count_connection(connection, meter)
+    return connection
 
 
 def unwrap(connection: Any) -> Any:
-    return unwrap_in_place(connection)
+    forget_connection(connection)
+    in_place.release(connection)
+    return connection

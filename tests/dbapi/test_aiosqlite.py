@@ -13,6 +13,7 @@ import querymeter.dbapi as dbapi
 from querymeter.meter import Meter as MeterType
 
 from ..servers import driver
+from . import transparency
 
 aiosqlite = driver("aiosqlite")
 
@@ -131,6 +132,67 @@ def test_wrap_and_unwrap_an_existing_connection(meter: MeterType) -> None:
             dbapi.unwrap_connection(db)
             assert type(db) is original_type
             await db.execute("SELECT 1")
+
+    asyncio.run(main())
+    assert meter.snapshot().queries == 1
+
+
+def test_connections_and_cursors_stay_aiosqlites_own(meter: MeterType) -> None:
+    """type(connection) and type(cursor) are aiosqlite's own classes, counted or not."""
+    dbapi.instrument(aiosqlite, meter=meter)
+
+    async def main() -> None:
+        async with aiosqlite.connect(":memory:") as db:
+            assert type(db) is aiosqlite.Connection
+            async with db.execute("SELECT 1") as cursor:
+                assert type(cursor) is aiosqlite.Cursor
+                assert await cursor.fetchone() == (1,)
+            cursor = await db.cursor()
+            assert type(cursor) is aiosqlite.Cursor
+            assert type(await cursor.execute("SELECT 2")) is aiosqlite.Cursor
+
+    asyncio.run(main())
+    assert meter.snapshot().queries == 2
+
+
+def test_driver_errors_pass_through_one_frame_of_querymeter_at_most(meter: MeterType) -> None:
+    """A driver's error reaches the coroutine's caller through at most one frame of querymeter's."""
+    dbapi.instrument(aiosqlite, meter=meter)
+
+    async def main() -> list[list[str]]:
+        frames = []
+        async with aiosqlite.connect(":memory:") as db:
+            cursor = await db.cursor()
+            for attempt in (
+                lambda: db.execute("SELEKT 1"),
+                lambda: db.execute_fetchall("SELEKT 1"),
+                lambda: db.executescript("SELEKT 1;"),
+                lambda: cursor.execute("SELEKT 1"),
+            ):
+                with pytest.raises(sqlite3.OperationalError) as caught:
+                    await attempt()
+                frames.append(transparency.hook_frames(caught.value))
+        return frames
+
+    assert all(len(frames) <= 1 for frames in asyncio.run(main()))
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors) == (4, 4)
+
+
+def test_an_open_connection_keeps_counting_after_uninstrument(meter: MeterType) -> None:
+    """After uninstrument an open counted connection still counts; closed and unwrapped,
+    aiosqlite's classes get their very own methods back."""
+    original = vars(aiosqlite.Connection)["execute"]
+    dbapi.instrument(aiosqlite, meter=meter)
+
+    async def main() -> None:
+        db = await aiosqlite.connect(":memory:")
+        dbapi.uninstrument(aiosqlite)
+        await db.execute("SELECT 1")
+        await db.close()
+        assert vars(aiosqlite.Connection)["execute"] is not original
+        dbapi.unwrap_connection(db)
+        assert vars(aiosqlite.Connection)["execute"] is original
 
     asyncio.run(main())
     assert meter.snapshot().queries == 1

@@ -167,3 +167,58 @@ def test_a_faulty_clock_inside_a_hook_never_reaches_the_application(
     snap = meter.snapshot()
     assert (snap.queries, snap.errors, snap.concurrency) == (5, 0, 0)
     assert querymeter.faults()["clock raised"] > 0
+
+
+# What each driver counted in place has on its own classes while instrumented.
+IN_PLACE = {
+    "psycopg": {
+        "Cursor": ("execute", "executemany", "stream", "copy"),
+        "ServerCursor": ("execute",),
+        "AsyncCursor": ("execute", "executemany", "stream", "copy"),
+        "AsyncServerCursor": ("execute",),
+    },
+    "pymysql": {"cursors.Cursor": ("execute", "executemany", "callproc")},
+    "aiosqlite": {
+        "Connection": (
+            "execute",
+            "executemany",
+            "executescript",
+            "execute_fetchall",
+            "execute_insert",
+            "_connect",
+        ),
+        "Cursor": ("execute", "executemany", "executescript"),
+    },
+}
+
+
+@pytest.mark.parametrize("name", list(IN_PLACE))
+def test_counting_in_place_puts_the_drivers_own_methods_back(name: str, meter: MeterType) -> None:
+    """instrument puts counting methods on the driver's classes; uninstrument the very originals."""
+    module = driver(name)
+    watched: list[tuple[type, str]] = []
+    for path, attributes in IN_PLACE[name].items():
+        owner: Any = module
+        for part in path.split("."):
+            owner = getattr(owner, part)
+        watched += [(owner, attribute) for attribute in attributes]
+    others = {
+        (owner, attribute): value
+        for owner, _ in watched
+        for attribute, value in vars(owner).items()
+    }
+    before = [vars(owner)[attribute] for owner, attribute in watched]
+    dbapi.instrument(module, meter=meter)
+    during = [vars(owner)[attribute] for owner, attribute in watched]
+    assert all(now is not then for now, then in zip(during, before, strict=True))
+    assert all(getattr(now, "__wrapped__", None) is not None for now in during)
+    dbapi.uninstrument(module)
+    assert all(
+        vars(owner)[attribute] is original
+        for (owner, attribute), original in zip(watched, before, strict=True)
+    )
+    assert {
+        (owner, attribute): value
+        for owner, _ in watched
+        for attribute, value in vars(owner).items()
+    } == others

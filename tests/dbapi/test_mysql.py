@@ -15,6 +15,7 @@ from ..servers import driver
 from . import overlap, transparency
 
 pymysql = driver("pymysql")
+driver("pymysql.connections")
 driver("pymysql.cursors")
 
 
@@ -190,4 +191,91 @@ def test_wrap_and_unwrap_an_existing_connection(meter: MeterType, mysql: dict[st
         connection.cursor().execute("SELECT 1")
     finally:
         connection.close()
+    assert meter.snapshot().queries == 1
+
+
+def test_connections_and_cursors_stay_pymysqls_own(counted: Any, meter: MeterType) -> None:
+    """type(connection), type(cursor) and cursorclass read back are PyMySQL's own classes."""
+    assert type(counted) is pymysql.connections.Connection
+    with counted.cursor() as cursor:
+        assert type(cursor) is pymysql.cursors.Cursor
+        cursor.execute("SELECT 1")
+    for cursor_class in (pymysql.cursors.DictCursor, pymysql.cursors.SSCursor):
+        with counted.cursor(cursor_class) as cursor:
+            assert type(cursor) is cursor_class
+    counted.cursorclass = pymysql.cursors.DictCursor
+    with counted.cursor() as cursor:
+        assert type(cursor) is pymysql.cursors.DictCursor
+        cursor.execute("SELECT 2 AS two")
+        assert cursor.fetchone() == {"two": 2}
+    assert counted.cursorclass is pymysql.cursors.DictCursor
+    assert meter.snapshot().queries == 2
+
+
+def test_counting_runs_no_code_of_the_applications_classes(counted: Any, meter: MeterType) -> None:
+    """An application's cursor class with class hooks is used as it is, counted, no hook run."""
+    hooked = transparency.HookedClasses(pymysql.cursors.Cursor)
+    with counted.cursor(hooked.Application) as cursor:
+        assert type(cursor) is hooked.Application
+        cursor.execute("SELECT 1")
+        cursor.executemany("SELECT %s", [(1,), (2,)])
+    assert hooked.state() == hooked.before
+    assert hooked.Application.__subclasses__() == []
+    assert meter.snapshot().queries == 2
+
+
+def test_an_execute_of_the_applications_inside_a_batch_is_part_of_it(
+    counted: Any, meter: MeterType
+) -> None:
+    """executemany of a cursor class whose execute calls PyMySQL's is one query, as is execute."""
+    calls: list[Any] = []
+
+    class Logged(pymysql.cursors.Cursor):  # type: ignore[misc]
+        def execute(self, query: Any, args: Any = None) -> Any:
+            calls.append(args)
+            return super().execute(query, args)
+
+    with counted.cursor(Logged) as cursor:
+        cursor.executemany("SELECT %s", [(1,), (2,), (3,)])
+        assert "__querymeter_batch__" not in vars(cursor)
+        cursor.execute("SELECT 4")
+    assert calls == [(1,), (2,), (3,), None]
+    assert meter.snapshot().queries == 2
+
+
+def test_errors_pass_through_one_frame_of_querymeter_at_most(
+    counted: Any, meter: MeterType, mysql: dict[str, Any]
+) -> None:
+    """A driver's error reaches the caller through at most one frame of querymeter's hooks."""
+    cursor = counted.cursor()
+    cursor.execute("CREATE TEMPORARY TABLE item (id int PRIMARY KEY)")
+    actions: list[Any] = [
+        lambda: cursor.execute("SELEKT 1"),
+        lambda: cursor.executemany("SELEKT %s", [(1,), (2,)]),
+        lambda: cursor.executemany("INSERT INTO item VALUES (%s)", [(1,), (1,)]),
+        lambda: cursor.callproc("querymeter_missing"),
+        lambda: pymysql.connect(**{**mysql, "user": "querymeter_nobody", "password": "wrong"}),
+    ]
+    for action in actions:
+        with pytest.raises(pymysql.err.MySQLError) as caught:
+            action()
+        assert len(transparency.hook_frames(caught.value)) <= 1, caught.traceback
+    snap = meter.snapshot()
+    assert (snap.queries, snap.errors) == (5, 4)
+
+
+def test_an_open_connection_keeps_counting_after_uninstrument(
+    meter: MeterType, mysql: dict[str, Any]
+) -> None:
+    """After uninstrument an open counted connection still counts; closed and unwrapped,
+    PyMySQL's Cursor gets its very own methods back."""
+    original = vars(pymysql.cursors.Cursor)["execute"]
+    dbapi.instrument(pymysql, meter=meter)
+    connection = pymysql.connect(**mysql)
+    dbapi.uninstrument(pymysql)
+    connection.cursor().execute("SELECT 1")
+    connection.close()
+    assert vars(pymysql.cursors.Cursor)["execute"] is not original
+    dbapi.unwrap_connection(connection)
+    assert vars(pymysql.cursors.Cursor)["execute"] is original
     assert meter.snapshot().queries == 1
