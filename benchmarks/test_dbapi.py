@@ -16,6 +16,7 @@ instrumentation adds without an SDK.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 import threading
 import time
@@ -200,3 +201,133 @@ def test_added_cost_interleaved(
         )
         if not quick_mode(request.config):
             print_interleaved(f"dbapi, {title}", medians, "raw", capsys)
+
+
+# ------------------------------------------------------- psycopg 3, in place
+#
+# psycopg's cursor classes count in place: a counting execute finds its
+# connection's meter in the side table, then makes one C call.  Measured on the
+# real PostgreSQL against the raw driver, and against the counted subclass
+# querymeter used before (psycopg's execute in one C call, meter bound, no
+# lookup); and the methods alone, without a server.  The in-place variants
+# count for their run only (wrap_connection / unwrap_connection around it), so
+# that the other variants run with psycopg's own methods.
+
+PSYCOPG_ROUNDS = 21
+
+
+def test_psycopg_added_cost_interleaved(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """cursor.execute("SELECT 1") on PostgreSQL: raw, in place on each core, the former subclass."""
+    psycopg = pytest.importorskip("psycopg")
+    from tests.servers import postgres_dsn
+
+    dsn = postgres_dsn()
+    opened: list[Any] = []
+
+    def cursor(**kwargs: Any) -> Any:
+        connection = psycopg.connect(dsn, autocommit=True, **kwargs)
+        opened.append(connection)
+        return connection.cursor()
+
+    def executes(target: Any, switch_on: Callable[[], object] = lambda: None) -> Callable[[], None]:
+        execute = target.execute
+
+        def run() -> None:
+            switch_on()
+            try:
+                for _ in RANGE:
+                    execute(SQL)
+            finally:
+                querymeter.dbapi.unwrap_connection(target.connection)
+
+        return run
+
+    runs = {"raw": executes(cursor())}
+    for implementation in ("c", "python"):
+        meter = load_meter_class(implementation)()
+        target = cursor()
+        runs[f"in place, {implementation} core"] = executes(
+            target,
+            functools.partial(querymeter.dbapi.wrap_connection, target.connection, meter=meter),
+        )
+        subclass = type(
+            "Cursor",
+            (psycopg.Cursor,),
+            {"__slots__": (), "execute": meter._timed(psycopg.Cursor.execute)},
+        )
+        runs[f"subclass, {implementation} core"] = executes(cursor(cursor_factory=subclass))
+    try:
+        rounds = 1 if quick_mode(request.config) else PSYCOPG_ROUNDS
+        medians = interleaved_medians(runs, rounds)
+        if not quick_mode(request.config):
+            print_interleaved("psycopg execute on PostgreSQL", medians, "raw", capsys)
+    finally:
+        for connection in opened:
+            connection.close()
+
+
+def test_psycopg_counting_method_alone_interleaved(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What one counted execute adds, without a server: the in-place method and the previous
+    subclass's around a method that returns at once; the connection counts, or not."""
+    pytest.importorskip("psycopg")
+    from querymeter._patching import Patch
+    from querymeter.dbapi import _psycopg
+    from querymeter.dbapi._counting import forget_connection, set_connection_meter
+
+    class Connection:
+        """Stands for a psycopg connection (weakly referenced by the side table)."""
+
+    class StandIn:
+        """A cursor whose execute returns at once."""
+
+        __slots__ = ("_conn",)
+
+        def __init__(self, connection: Connection) -> None:
+            self._conn = connection
+
+        def execute(self, query: str) -> Any:
+            return self
+
+        def counted(self, query: str) -> Any:
+            return self
+
+    patch = Patch(StandIn, "counted", _psycopg._counted_call)
+    patch.install()
+    connections = [Connection(), Connection(), Connection()]
+    try:
+        uncounted, c_counted, python_counted = (StandIn(c) for c in connections)
+        c_meter, python_meter = load_meter_class("c")(), load_meter_class("python")()
+        set_connection_meter(connections[1], c_meter)
+        set_connection_meter(connections[2], python_meter)
+        subclass_c = type(
+            "Counted", (StandIn,), {"__slots__": (), "execute": c_meter._timed(StandIn.execute)}
+        )
+
+        def calls(method: Callable[[str], Any]) -> Callable[[], None]:
+            def run() -> None:
+                for _ in RANGE:
+                    method(SQL)
+
+            return run
+
+        runs = {
+            "psycopg's own (stand-in)": calls(uncounted.execute),
+            "in place, not counted": calls(uncounted.counted),
+            "in place, C core": calls(c_counted.counted),
+            "in place, Python core": calls(python_counted.counted),
+            "subclass, C core": calls(subclass_c(connections[1]).execute),
+        }
+        rounds = 1 if quick_mode(request.config) else 41
+        medians = interleaved_medians(runs, rounds)
+        if not quick_mode(request.config):
+            print_interleaved(
+                "psycopg counting method alone", medians, "psycopg's own (stand-in)", capsys
+            )
+    finally:
+        patch.remove()
+        for connection in connections:
+            forget_connection(connection)
