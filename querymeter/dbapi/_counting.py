@@ -186,12 +186,23 @@ def quiet_subclass(name: str, bases: tuple[type, ...], namespace: dict[str, Any]
         for cls in base.__mro__
         if cls is not object
     )
+    # type.__new__ calls __set_name__ on the namespace's values: any value
+    # whose class has one (an application's class with such a metaclass) is
+    # set afterwards instead, by type's own __setattr__.
+    named = {
+        key: value
+        for key, value in namespace.items()
+        if any("__set_name__" in vars(cls) for cls in type(value).__mro__)
+    }
+    plain = {key: value for key, value in namespace.items() if key not in named}
     made: Any
     if not hooked:
-        made = type.__new__(metaclass, name, bases, namespace)
+        made = type.__new__(metaclass, name, bases, plain)
     else:
-        made = type.__new__(metaclass, name, (_NoSubclassHook, *bases), namespace)
+        made = type.__new__(metaclass, name, (_NoSubclassHook, *bases), plain)
         made.__bases__ = bases
+    for key, value in named.items():
+        type.__setattr__(made, key, value)
     if isinstance(made, abc.ABCMeta):
         abc_init = getattr(abc, "_abc_init", None)
         if abc_init is not None:

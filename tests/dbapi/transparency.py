@@ -50,7 +50,8 @@ class HookedClasses:
     """Classes of an application's that watch for code run on their behalf.
 
     ``Base.__init_subclass__`` requires a keyword and records every subclass;
-    the metaclass records each class it makes and initialises.  Whatever
+    the metaclass records each class it makes and initialises, and each time
+    one of its classes is named as an attribute of another class.  Whatever
     querymeter does with ``Application`` (a subclass of ``base``) must leave
     ``made``, ``registry`` and ``Base.__subclasses__()`` as they were.
     """
@@ -67,6 +68,9 @@ class HookedClasses:
             def __init__(cls, name: str, bases: Any, namespace: Any, **kwargs: Any) -> None:
                 made.append(f"init {name}")
                 super().__init__(name, bases, namespace, **kwargs)
+
+            def __set_name__(cls, owner: type, name: str) -> None:
+                made.append(f"named {cls.__name__} {name} of {owner.__name__}")
 
         metaclass = Recording if type(base) is type else type(base)
 
