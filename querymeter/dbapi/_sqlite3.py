@@ -46,7 +46,7 @@ SHORTCUTS = {"execute": (1, 2), "executemany": (2, 2), "executescript": (1, 1)}
 # sqlite3.connect(database, timeout, detect_types, isolation_level,
 # check_same_thread, factory, ...): where factory sits when passed positionally.
 FACTORY_POSITION = 5
-_IMMUTABLE = 1 << 8
+_IMMUTABLE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE: a class of C whose instances cannot change class
 _base_cursor = sqlite3.Connection.cursor
 
 
