@@ -12,10 +12,16 @@ variant runs both, in one run, against the raw driver as baseline:
 Goals (issue: DB-API hooks): with the C core, at most +0.25 us on execute alone
 and +0.3 us on the round trip, and at most 1/40 of what OpenTelemetry's dbapi
 instrumentation adds without an SDK.
+
+Then asyncpg (``fetchval``) and mysqlclient (execute + ``fetchall``) on the real
+PostgreSQL and MariaDB servers: raw driver, querymeter on each core, and
+OpenTelemetry's asyncpg and mysqlclient instrumentations without and with an SDK;
+and the cost of asyncpg's counting method alone, without a server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import sqlite3
 import threading
@@ -201,6 +207,270 @@ def test_added_cost_interleaved(
         )
         if not quick_mode(request.config):
             print_interleaved(f"dbapi, {title}", medians, "raw", capsys)
+
+
+# ------------------------------------------------------------ on real servers
+#
+# asyncpg and mysqlclient (MySQLdb) against the local PostgreSQL and MariaDB,
+# where one statement costs tens of microseconds: the figures are ratios to the
+# raw driver on the same server, in the same run.  querymeter counts these two
+# in place, on the driver's own classes (for every connection, counting or
+# not), and OpenTelemetry's asyncpg instrumentation wraps asyncpg's classes
+# too: each such variant switches its instrumentation on before its run and off
+# after (microseconds, against a run of tens of milliseconds), so that the raw
+# driver runs with nothing of anyone's on its path.
+
+SERVER_ROUNDS = 21
+
+
+class ServerVariant:
+    """A connection (or cursor) to measure, and what to switch on around each run."""
+
+    def __init__(
+        self,
+        target: Any,
+        switch_on: Callable[[], object] = lambda: None,
+        switch_off: Callable[[], object] = lambda: None,
+    ) -> None:
+        self.target = target
+        self.switch_on = switch_on
+        self.switch_off = switch_off
+
+    def run(self, workload: Callable[[Any], None]) -> Callable[[], None]:
+        def run() -> None:
+            self.switch_on()
+            try:
+                workload(self.target)
+            finally:
+                self.switch_off()
+
+        return run
+
+
+def _tracer_provider(with_sdk: bool) -> Any:
+    from opentelemetry import trace
+
+    if with_sdk:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        return TracerProvider()
+    return trace.NoOpTracerProvider()
+
+
+# ------------------------------------------------------------------- asyncpg
+
+
+@pytest.fixture(scope="module")
+def asyncpg_variants() -> Iterator[tuple[Any, dict[str, ServerVariant]]]:
+    """One event loop and one connection per variant: raw, querymeter on each core, and
+    OpenTelemetry's asyncpg instrumentation without and with an SDK."""
+    asyncpg = pytest.importorskip("asyncpg")
+    from tests.dbapi.test_asyncpg import asyncpg_params
+    from tests.servers import postgres_dsn
+
+    params = asyncpg_params(postgres_dsn())
+    loop = asyncio.new_event_loop()
+    variants: dict[str, ServerVariant] = {}
+    connections = []
+
+    def connect() -> Any:
+        connection = loop.run_until_complete(asyncpg.connect(**params))
+        connections.append(connection)
+        return connection
+
+    variants["raw"] = ServerVariant(connect())
+    for implementation in ("c", "python"):
+        meter = load_meter_class(implementation)()
+        connection = connect()
+        variants[f"querymeter-{implementation}"] = ServerVariant(
+            connection,
+            functools.partial(querymeter.dbapi.wrap_connection, connection, meter=meter),
+            functools.partial(querymeter.dbapi.unwrap_connection, connection),
+        )
+    otel = pytest.importorskip("opentelemetry.instrumentation.asyncpg")
+    instrumentor = otel.AsyncPGInstrumentor()
+    for name, with_sdk in (("opentelemetry-no-sdk", False), ("opentelemetry-sdk", True)):
+        variants[name] = ServerVariant(
+            connect(),
+            functools.partial(instrumentor.instrument, tracer_provider=_tracer_provider(with_sdk)),
+            instrumentor.uninstrument,
+        )
+    yield loop, variants
+    for connection in connections:
+        loop.run_until_complete(connection.close())
+    loop.close()
+
+
+def _fetchval_loop(loop: Any) -> Callable[[Any], None]:
+    async def fetchvals(connection: Any) -> None:
+        fetchval = connection.fetchval
+        for _ in RANGE:
+            await fetchval(SQL)
+
+    return lambda connection: loop.run_until_complete(fetchvals(connection))
+
+
+SERVER_VARIANTS = [
+    "raw",
+    "querymeter-c",
+    "querymeter-python",
+    "opentelemetry-no-sdk",
+    "opentelemetry-sdk",
+]
+
+
+@pytest.mark.parametrize("name", SERVER_VARIANTS)
+@pytest.mark.benchmark(group="dbapi: asyncpg fetchval on PostgreSQL", min_rounds=10)
+def test_asyncpg_fetchval(
+    benchmark: Any, name: str, asyncpg_variants: tuple[Any, dict[str, ServerVariant]]
+) -> None:
+    """await connection.fetchval("SELECT 1") on one connection, one event loop."""
+    loop, variants = asyncpg_variants
+    if name == "raw":
+        mark_baseline(benchmark)
+    benchmark(variants[name].run(_fetchval_loop(loop)))
+
+
+def test_asyncpg_added_cost_interleaved(
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+    asyncpg_variants: tuple[Any, dict[str, ServerVariant]],
+) -> None:
+    """Every asyncpg variant in turn, round after round: the figures to judge by."""
+    loop, variants = asyncpg_variants
+    workload = _fetchval_loop(loop)
+    rounds = 1 if quick_mode(request.config) else SERVER_ROUNDS
+    medians = interleaved_medians(
+        {name: variant.run(workload) for name, variant in variants.items()}, rounds
+    )
+    if not quick_mode(request.config):
+        print_interleaved("asyncpg fetchval on PostgreSQL", medians, "raw", capsys)
+
+
+def test_asyncpg_counting_method_alone_interleaved(
+    request: pytest.FixtureRequest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What one counted call adds, without a server: asyncpg's counting method around a
+    coroutine that returns at once, driven by hand; the connection counts, or not."""
+    pytest.importorskip("asyncpg")
+    from querymeter._patching import Patch
+    from querymeter.dbapi import _asyncpg
+    from querymeter.dbapi._counting import forget_connection, set_connection_meter
+
+    class StandIn:
+        """A connection whose fetchval returns at once."""
+
+        async def fetchval(self, query: str) -> str:
+            return query
+
+        async def counted(self, query: str) -> str:
+            return query
+
+    patch = Patch(StandIn, "counted", _asyncpg._connection_query)
+    patch.install()
+    try:
+        uncounted, c_counted, python_counted = StandIn(), StandIn(), StandIn()
+        set_connection_meter(c_counted, load_meter_class("c")())
+        set_connection_meter(python_counted, load_meter_class("python")())
+
+        def drive(method: Callable[[str], Any]) -> Callable[[], None]:
+            def run() -> None:
+                for _ in RANGE:
+                    step = method(SQL)
+                    try:  # noqa: SIM105 - a with block costs more than what is measured
+                        step.send(None)
+                    except StopIteration:
+                        pass
+
+            return run
+
+        runs = {
+            "asyncpg's own (stand-in)": drive(uncounted.fetchval),
+            "counting method, not counted": drive(uncounted.counted),
+            "counting method, C core": drive(c_counted.counted),
+            "counting method, Python core": drive(python_counted.counted),
+        }
+        rounds = 1 if quick_mode(request.config) else 41
+        medians = interleaved_medians(runs, rounds)
+        if not quick_mode(request.config):
+            print_interleaved(
+                "asyncpg counting method alone", medians, "asyncpg's own (stand-in)", capsys
+            )
+    finally:
+        patch.remove()
+        forget_connection(c_counted)
+        forget_connection(python_counted)
+
+
+# --------------------------------------------------------- mysqlclient (MySQLdb)
+
+
+@pytest.fixture(scope="module")
+def mysqlclient_variants() -> Iterator[dict[str, ServerVariant]]:
+    """A connection and a reused cursor per variant: raw, querymeter on each core, and
+    OpenTelemetry's mysqlclient instrumentation without and with an SDK."""
+    mysqldb = pytest.importorskip("MySQLdb")
+    from tests.servers import mysql_params
+
+    params = mysql_params()
+    variants: dict[str, ServerVariant] = {}
+    connections = []
+
+    def connect() -> Any:
+        connection = mysqldb.connect(autocommit=True, **params)
+        connections.append(connection)
+        return connection
+
+    variants["raw"] = ServerVariant(connect().cursor())
+    for implementation in ("c", "python"):
+        meter = load_meter_class(implementation)()
+        connection = connect()
+        variants[f"querymeter-{implementation}"] = ServerVariant(
+            connection.cursor(),
+            functools.partial(querymeter.dbapi.wrap_connection, connection, meter=meter),
+            functools.partial(querymeter.dbapi.unwrap_connection, connection),
+        )
+    otel = pytest.importorskip("opentelemetry.instrumentation.mysqlclient")
+    for name, with_sdk in (("opentelemetry-no-sdk", False), ("opentelemetry-sdk", True)):
+        traced = otel.MySQLClientInstrumentor.instrument_connection(
+            connect(), tracer_provider=_tracer_provider(with_sdk)
+        )
+        variants[name] = ServerVariant(traced.cursor())
+    yield variants
+    for connection in connections:
+        connection.close()
+
+
+def _execute_fetchall(cursor: Any) -> None:
+    execute, fetchall = cursor.execute, cursor.fetchall
+    for _ in RANGE:
+        execute(SQL)
+        fetchall()
+
+
+@pytest.mark.parametrize("name", SERVER_VARIANTS)
+@pytest.mark.benchmark(group="dbapi: MySQLdb execute + fetchall on MariaDB", min_rounds=10)
+def test_mysqlclient_execute(
+    benchmark: Any, name: str, mysqlclient_variants: dict[str, ServerVariant]
+) -> None:
+    """cursor.execute("SELECT 1") and fetchall() on a reused cursor."""
+    if name == "raw":
+        mark_baseline(benchmark)
+    benchmark(mysqlclient_variants[name].run(_execute_fetchall))
+
+
+def test_mysqlclient_added_cost_interleaved(
+    request: pytest.FixtureRequest,
+    capsys: pytest.CaptureFixture[str],
+    mysqlclient_variants: dict[str, ServerVariant],
+) -> None:
+    """Every mysqlclient variant in turn, round after round: the figures to judge by."""
+    rounds = 1 if quick_mode(request.config) else SERVER_ROUNDS
+    medians = interleaved_medians(
+        {name: v.run(_execute_fetchall) for name, v in mysqlclient_variants.items()}, rounds
+    )
+    if not quick_mode(request.config):
+        print_interleaved("MySQLdb execute + fetchall on MariaDB", medians, "raw", capsys)
 
 
 # ------------------------------------------------------- psycopg 3, in place
