@@ -35,6 +35,11 @@ class Patch:
         self.replacement: Any = make(self)
 
     @property
+    def has_own(self) -> bool:
+        """Whether the object itself held the attribute, rather than only its class."""
+        return self.own is not _ABSENT
+
+    @property
     def owner(self) -> Any:
         """The patched object, or None once it is gone."""
         return self._owner()

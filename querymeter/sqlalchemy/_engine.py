@@ -1,14 +1,23 @@
 """One instrumented engine: its dialect's statement methods counted, its pool accounted.
 
-Statements are counted by replacing four methods as instance attributes of
-``engine.dialect`` with the meter's call wrapper (one C call in the C core)
-around the bound original:
+Statements are counted by putting, as instance attributes of
+``engine.dialect``, a counting stand-in for each of four methods:
 
 - ``do_execute``, ``do_executemany``, ``do_execute_no_params``: every call a
   Connection makes to send a statement, including the first-connect
   initialize queries, sequences and defaults run by ``_cursor_execute``, and
   each insertmanyvalues batch (one ``do_execute`` per batch);
 - ``do_ping``: the pool's pre-ping, so a failed ping is an error query.
+
+At every call the stand-in looks the method up on the dialect's class, as
+attribute lookup would without it, and calls what it finds through the
+meter's call wrapper (``meter._call``: begin, call and end in one C call).
+So a class-level patch of the method (``mock.patch.object(dialect class,
+"do_execute", ...)``, another tool's hook on the class) runs on an
+instrumented engine whether it was made before or after ``instrument``, and
+stops running when it is undone.  A method that another tool set on the
+dialect instance itself before ``instrument`` shadows the class, with or
+without querymeter: the stand-in calls that one, through the same wrapper.
 
 The dialect looks these up on itself at every call (engine/base.py), so the
 wrapper sees the statement exactly as long as the driver does, and ends it
@@ -28,7 +37,9 @@ reaches, and which it cannot outlive.
 from __future__ import annotations
 
 import logging
+import types
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 from .. import _faults
@@ -58,10 +69,10 @@ def state_of(dialect: Any) -> Instrumentation | Lingering | None:
 class Lingering:
     """Statement wrappers that outlived ``uninstrument`` because another tool wrapped them.
 
-    Putting the original back would have dropped that tool's wrapper, and a C
-    call wrapper cannot be switched off, so ours stays in its chain and keeps
-    counting into ``meter``.  Instrumenting the engine again with the same
-    meter takes them back instead of counting twice.
+    Putting the original back would have dropped that tool's wrapper, and a
+    wrapper has no off switch (nothing but the call is on its path), so ours
+    stays in its chain and keeps counting into ``meter``.  Instrumenting the
+    engine again with the same meter takes them back instead of counting twice.
     """
 
     def __init__(self, meter: Meter, patches: dict[str, Patch]) -> None:
@@ -121,9 +132,16 @@ class Instrumentation:
                 patch.remove()
             if not callable(getattr(dialect, name, None)):
                 continue
-            patch = Patch(dialect, name, lambda patch: self.meter.tracked(patch.original))
+            patch = Patch(dialect, name, self._counted_statement_method)
             patch.install()
             self._statements[name] = patch
+
+    def _counted_statement_method(self, patch: Patch) -> Callable[..., Any]:
+        if patch.has_own:
+            # The dialect's own attribute shadows its class's: calling it is
+            # what lookup would do without us, whatever the class holds.
+            return self.meter.tracked(patch.original)
+        return _following_the_class(self.meter, patch.owner, patch.name)
 
     def uninstall(self) -> None:
         """Remove every wrapper and listener added; give connections back to querymeter.dbapi."""
@@ -153,6 +171,88 @@ class Instrumentation:
 
     def pool_snapshot(self) -> PoolSnapshot:
         return self.pool.snapshot()
+
+
+def _following_the_class(meter: Meter, dialect: Any, name: str) -> Callable[..., Any]:
+    """``dialect.<name>(...)`` as its class defines it at the time of each call, counted.
+
+    The common case costs one class lookup (CPython caches it per class) and
+    one identity check: the class's attribute is the plain function found
+    last time, called with the dialect, as a bound method would be.  Anything
+    else (a new function, a Mock, a staticmethod, a descriptor) is resolved
+    the way instance attribute lookup resolves it, on the class's MRO.  (The
+    one case the identity check cannot tell apart: that very function put
+    back on the class inside a ``staticmethod``.)
+    """
+    call = meter._call
+    # The class's attribute, last seen to be a plain function (so a method).
+    method_function: Any = None
+
+    # Positional-only parameters for SQLAlchemy's calls (four, three or one
+    # argument, all positional), passed on with a plain call: forwarding
+    # *args/**kwargs would cost more than the counting itself.  Whatever else
+    # a caller passes goes through ``more`` and ``keywords``, untouched.
+    def counted(
+        first: Any = _NOT_PASSED,
+        second: Any = _NOT_PASSED,
+        third: Any = _NOT_PASSED,
+        fourth: Any = _NOT_PASSED,
+        /,
+        *more: Any,
+        **keywords: Any,
+    ) -> Any:
+        nonlocal method_function
+        function = getattr(type(dialect), name)
+        if function is not method_function:
+            found, is_function = _class_attribute(dialect, name)
+            if not is_function:
+                return call(found, *_passed(first, second, third, fourth), *more, **keywords)
+            method_function = function = found
+        if not (more or keywords):
+            if fourth is not _NOT_PASSED:
+                return call(function, dialect, first, second, third, fourth)
+            if third is not _NOT_PASSED:
+                return call(function, dialect, first, second, third)
+            if first is not _NOT_PASSED and second is _NOT_PASSED:
+                return call(function, dialect, first)
+        return call(function, dialect, *_passed(first, second, third, fourth), *more, **keywords)
+
+    # Named after the method it stands for; no __wrapped__: what it calls
+    # is decided at each call.
+    counted.__name__ = name
+    counted.__qualname__ = f"{type(dialect).__qualname__}.{name}"
+    counted.__doc__ = getattr(getattr(type(dialect), name), "__doc__", None)
+    return counted
+
+
+def _passed(*arguments: Any) -> tuple[Any, ...]:
+    """The arguments a caller passed: those before the first parameter left at its default."""
+    return tuple(argument for argument in arguments if argument is not _NOT_PASSED)
+
+
+def _class_attribute(instance: Any, name: str) -> tuple[Any, bool]:
+    """What ``instance.<name>`` would be if the instance did not hold it itself.
+
+    Returns (a plain function, True), to call with the instance first, or
+    (the bound or unbound callable, False) for any other attribute: bound
+    through its ``__get__`` where it has one, as lookup binds it.
+    """
+    cls = type(instance)
+    for klass in cls.__mro__:
+        attribute = vars(klass).get(name, _ABSENT)
+        if attribute is not _ABSENT:
+            break
+    else:
+        raise AttributeError(f"{cls.__name__!r} object has no attribute {name!r}")
+    if type(attribute) is types.FunctionType:
+        return attribute, True
+    bind = getattr(type(attribute), "__get__", None)
+    return (attribute if bind is None else bind(attribute, instance, cls)), False
+
+
+_ABSENT = object()
+# The default of a parameter no caller passed: no caller can pass this object.
+_NOT_PASSED = object()
 
 
 def _warn_about_execute_listeners(dialect: Any) -> None:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -17,6 +18,7 @@ import querymeter.sqlalchemy as qs
 from querymeter.meter import Meter as MeterType
 
 from ..servers import driver
+from .conftest import pg_url
 
 sqlalchemy = driver("sqlalchemy")
 event = sqlalchemy.event
@@ -368,6 +370,66 @@ def test_a_do_execute_listener_that_takes_over_is_not_counted(
         before = meter.snapshot().queries
         assert connection.exec_driver_sql("SELECT 7").scalar() == 7
         assert meter.snapshot().queries == before
+
+
+# ------------------------------------------------------- class-level patches
+
+
+CALL_SHAPES = [
+    ((), {}),
+    (("cursor",), {}),
+    (("cursor", "statement"), {}),
+    (("cursor", "statement", "parameters"), {}),
+    (("cursor", "statement", "parameters", "context"), {}),
+    (("cursor", "statement", "parameters", "context", "more"), {}),
+    (("cursor", "statement"), {"parameters": "parameters", "context": "context"}),
+    ((), {"first": "a keyword named like a parameter of querymeter's"}),
+]
+
+
+def test_a_statement_method_passes_every_call_shape_through_untouched(
+    meter: MeterType, make_engine: Callable[..., Any]
+) -> None:
+    """Positional, keyword and extra arguments reach the dialect's method exactly as passed,
+    and its result comes back; each call is one query."""
+    engine = make_engine("sqlite://")
+    qs.instrument(engine, meter=meter)
+    seen: list[tuple[Any, tuple[Any, ...], dict[str, Any]]] = []
+    result = object()
+
+    def recorder(self: Any, *args: Any, **kwargs: Any) -> object:
+        seen.append((self, args, kwargs))
+        return result
+
+    with mock.patch.object(type(engine.dialect), "do_execute", recorder):
+        for args, kwargs in CALL_SHAPES:
+            before = meter.snapshot().queries
+            assert engine.dialect.do_execute(*args, **kwargs) is result
+            assert meter.snapshot().queries == before + 1
+    assert seen == [(engine.dialect, args, kwargs) for args, kwargs in CALL_SHAPES]
+
+
+@pytest.mark.servers
+def test_class_level_patches_are_followed_on_postgresql(
+    meter: MeterType, make_engine: Callable[..., Any]
+) -> None:
+    """On PostgreSQL, a class-level patch active while instrumenting stops being called once
+    undone, and one made afterwards is called; every call is counted once."""
+    engine = make_engine(pg_url("psycopg"))
+    cls = type(engine.dialect)
+    original = cls.do_execute
+    with mock.patch.object(cls, "do_execute", autospec=True, side_effect=original) as early:
+        qs.instrument(engine, meter=meter)
+        run_statements(engine, 2)  # with the first connect's initialize queries
+    assert meter.snapshot().queries == early.call_count >= 2
+    before = meter.snapshot().queries
+    run_statements(engine, 3)
+    assert meter.snapshot().queries - before == 3
+    with mock.patch.object(cls, "do_execute", autospec=True, side_effect=original) as late:
+        run_statements(engine, 4)
+    assert meter.snapshot().queries - before == 3 + late.call_count == 7
+    assert early.call_count == meter.snapshot().queries - 7
+    assert late.call_args.args[0] is engine.dialect
 
 
 # ------------------------------------------------------------------- faults

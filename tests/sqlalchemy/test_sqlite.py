@@ -6,10 +6,12 @@ SQLAlchemy through ``creator=``, that counts its own execute and executemany cal
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -357,3 +359,135 @@ def test_a_connection_dropped_without_close_is_released_when_collected(
     gc.collect()
     after = qs.pool_snapshot(engine)
     assert (after.in_use, after.releases, after.idle) == (0, 1, 1)
+
+
+# ------------------------------------------------------ class-level patches
+
+# One call of each statement method, on an engine whose pooled connection is open.
+TRIGGERS: dict[str, Callable[[Any], None]] = {
+    "do_execute": lambda engine: _on_a_connection(engine, "SELECT 1"),
+    "do_executemany": lambda engine: _on_a_connection(
+        engine, "INSERT INTO item (name) VALUES (?)", [("a",), ("b",)]
+    ),
+    "do_execute_no_params": lambda engine: _on_a_connection(
+        engine, "SELECT 1", execution_options={"no_parameters": True}
+    ),
+    "do_ping": lambda engine: engine.connect().close(),  # pool_pre_ping: one ping
+}
+PATCH_KINDS = ("function", "mock", "staticmethod")
+
+
+def _on_a_connection(engine: Any, sql: str, *args: Any, **kwargs: Any) -> None:
+    with engine.connect() as connection:
+        connection.exec_driver_sql(sql, *args, **kwargs)
+        connection.rollback()
+
+
+def pooled_engine(make_engine: Callable[..., Any], path: Path, name: str = "do_execute") -> Any:
+    """A SQLite file engine, its table made, its one connection pooled; pinging for do_ping."""
+    engine = make_engine(f"sqlite:///{path}", pool_pre_ping=name == "do_ping")
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS item (id INTEGER PRIMARY KEY, name)")
+    return engine
+
+
+@contextlib.contextmanager
+def class_patch(kind: str, cls: type, name: str, dialect: Any) -> Iterator[mock.Mock]:
+    """``mock.patch.object(cls, name, ...)`` whose spy calls the original for ``dialect``.
+
+    ``function``: an autospecced function, bound like a method (it gets the
+    dialect); ``mock``: a Mock, which is no descriptor (it does not);
+    ``staticmethod``: a Mock in a staticmethod (it does not either).
+    """
+    original = getattr(cls, name)  # the function, unbound
+    if kind == "function":
+        with mock.patch.object(cls, name, autospec=True, side_effect=original) as spy:
+            yield spy
+        return
+    spy = mock.Mock(side_effect=lambda *args: original(dialect, *args))
+    new = spy if kind == "mock" else staticmethod(spy)
+    with mock.patch.object(cls, name, new):
+        yield spy
+
+
+def call_shapes(spy: mock.Mock) -> list[tuple[str, ...]]:
+    """The types of the arguments of each call the spy saw."""
+    return [tuple(type(arg).__name__ for arg in call.args) for call in spy.call_args_list]
+
+
+@pytest.mark.parametrize("kind", PATCH_KINDS)
+@pytest.mark.parametrize("name", list(TRIGGERS))
+def test_a_class_level_patch_made_after_instrumenting_runs_and_is_counted_once(
+    meter: MeterType, make_engine: Callable[..., Any], tmp_path: Path, name: str, kind: str
+) -> None:
+    """A class-level patch of a statement method, made after instrument(), is called as on a
+    plain engine, each call counted once; once undone, the dialect's own method runs again."""
+    plain = pooled_engine(make_engine, tmp_path / "plain.db", name)
+    engine = pooled_engine(make_engine, tmp_path / "counted.db", name)
+    qs.instrument(engine, meter=meter)
+    cls = type(engine.dialect)
+    with class_patch(kind, cls, name, plain.dialect) as plain_spy:
+        TRIGGERS[name](plain)  # the oracle: what the patch sees without querymeter
+    with class_patch(kind, cls, name, engine.dialect) as spy:
+        before = meter.snapshot()
+        TRIGGERS[name](engine)
+        during = meter.snapshot()
+    assert call_shapes(spy) == call_shapes(plain_spy) != []
+    TRIGGERS[name](engine)
+    after = meter.snapshot()
+    assert spy.call_count == 1  # not called once the patch was undone
+    assert (during.queries - before.queries, after.queries - during.queries) == (1, 1)
+    assert (after.errors, after.concurrency) == (0, 0)
+
+
+@pytest.mark.parametrize("kind", PATCH_KINDS)
+@pytest.mark.parametrize("name", list(TRIGGERS))
+def test_an_engine_instrumented_during_a_class_level_patch_leaves_it_when_undone(
+    meter: MeterType, make_engine: Callable[..., Any], tmp_path: Path, name: str, kind: str
+) -> None:
+    """An engine instrumented while a class-level patch is active calls the patch, counted once,
+    and the dialect's own method once the patch is undone."""
+    engine = pooled_engine(make_engine, tmp_path / "counted.db", name)
+    with class_patch(kind, type(engine.dialect), name, engine.dialect) as spy:
+        qs.instrument(engine, meter=meter)
+        before = meter.snapshot()
+        TRIGGERS[name](engine)
+        during = meter.snapshot()
+    assert spy.call_count == 1
+    TRIGGERS[name](engine)
+    after = meter.snapshot()
+    assert spy.call_count == 1  # the patch is gone, and so is every call to it
+    assert getattr(engine.dialect, name).__name__ == name
+    assert (during.queries - before.queries, after.queries - during.queries) == (1, 1)
+
+
+def test_a_patch_of_the_base_dialect_class_is_followed(
+    meter: MeterType, make_engine: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A patch of DefaultDialect.do_execute, where the dialect's class inherits it, is called."""
+    engine = pooled_engine(make_engine, tmp_path / "base.db")
+    qs.instrument(engine, meter=meter)
+    base = sqlalchemy.engine.default.DefaultDialect
+    with class_patch("function", base, "do_execute", engine.dialect) as spy:
+        before = meter.snapshot().queries
+        TRIGGERS["do_execute"](engine)
+        assert (spy.call_count, meter.snapshot().queries - before) == (1, 1)
+
+
+def test_an_instance_attribute_set_before_instrumenting_still_shadows_a_class_patch(
+    meter: MeterType, make_engine: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A do_execute another tool set on the dialect itself runs, counted once, as it would
+    without querymeter, and a class-level patch made afterwards is not called."""
+    engine = pooled_engine(make_engine, tmp_path / "own.db")
+    original = engine.dialect.do_execute
+    theirs = mock.Mock(side_effect=original)
+    engine.dialect.do_execute = theirs
+    qs.instrument(engine, meter=meter)
+    with class_patch("function", type(engine.dialect), "do_execute", engine.dialect) as spy:
+        before = meter.snapshot().queries
+        TRIGGERS["do_execute"](engine)
+        assert meter.snapshot().queries - before == 1
+    assert (theirs.call_count, spy.call_count) == (1, 0)
+    qs.uninstrument(engine)
+    assert vars(engine.dialect)["do_execute"] is theirs
