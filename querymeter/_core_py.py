@@ -802,6 +802,11 @@ class Occupancies:
         self._start_ns = now if self._started else 0
         self._slots = [[0, 0, 0, 0, 0, self._start_ns] for _ in range(self._count)]
 
+    @staticmethod
+    def _check_records(records: object) -> None:
+        if not isinstance(records, dict):
+            raise TypeError("records must be a dict")
+
     def _slot(self, index: int) -> list[int]:
         if not isinstance(index, int) or not 0 <= index < self._count:
             raise IndexError(f"occupancy index out of range: {index!r}")
@@ -887,6 +892,7 @@ class Occupancies:
         dead record found under the key stops being held without ending.
         """
         self._slot(index)
+        self._check_records(records)
         ref = weakref.ref(record)
         known = records.get(key)
         if known is not None and known() is record:
@@ -903,6 +909,7 @@ class Occupancies:
         `record` stops being held and counts as ended; False if it was not held.
         """
         self._slot(index)
+        self._check_records(records)
         known = records.get(key)
         if known is None or known() is not record:
             return False
@@ -916,6 +923,7 @@ class Occupancies:
         Records collected while held stop being held, without ending; how many.
         """
         self._slot(index)
+        self._check_records(records)
         lost = [key for key, ref in list(records.items()) if ref() is None]
         for key in lost:
             if records.pop(key, None) is not None:

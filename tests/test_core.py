@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import querymeter
 from querymeter import Snapshot
 from querymeter.meter import Meter as MeterType
 
@@ -563,3 +565,165 @@ def test_threads_keep_exact_counts_and_every_invariant(Meter: type[MeterType]) -
     assert final.queries == threads * per_thread
     assert final.errors == sum(errors_raised)
     assert final.concurrency == 0
+
+
+# ------------------------------------------------- clocks and readings, any clock
+
+
+class ScriptedClock:
+    """A clock that returns the readings given, then the last one; an exception is raised."""
+
+    def __init__(self, *readings: Any) -> None:
+        self.readings = list(readings)
+
+    def __call__(self) -> int:
+        reading = self.readings.pop(0) if len(self.readings) > 1 else self.readings[0]
+        if isinstance(reading, BaseException) or (
+            isinstance(reading, type) and issubclass(reading, BaseException)
+        ):
+            raise reading
+        return reading  # type: ignore[no-any-return]
+
+
+def test_a_clock_failing_at_start_leaves_every_invariant_true(Meter: type[MeterType]) -> None:
+    """A meter whose clock fails when it starts starts at its first good reading."""
+    meter = Meter(clock=ScriptedClock(RuntimeError("down"), 1_000, 1_500, 2_000))
+    first = meter.snapshot()
+    assert first.uptime_ns == 0
+    with meter.track():
+        pass
+    later = meter.snapshot()
+    for snap in (first, later):
+        check_invariants(snap)
+    assert later.uptime_ns == 1_000
+    assert later.busy_ns == 500 and later.total_ns == 500
+
+
+def test_a_clock_failing_at_reset_leaves_every_invariant_true(Meter: type[MeterType]) -> None:
+    """A reset whose clock reading fails leaves uptime at zero until a good reading."""
+    clock = ScriptedClock(10, RuntimeError("down"), 50, 80)
+    meter = Meter(clock=clock)
+    meter._reset(3)
+    snap = meter.snapshot()
+    check_invariants(snap)
+    assert snap.uptime_ns == 0
+    assert meter.snapshot().uptime_ns == 30
+
+
+def test_readings_spanning_more_than_two_to_the_63_ns_stay_exact(Meter: type[MeterType]) -> None:
+    """Differences are exact even between the most negative and most positive readings."""
+    low, high = -(2**63) + 1, 2**63 - 1
+    meter = Meter(clock=ScriptedClock(low, low, high, high))
+    with meter.track():
+        pass
+    snap = meter.snapshot()
+    check_invariants(snap)
+    assert snap.uptime_ns == high - low
+    assert snap.busy_ns == snap.total_ns == high - low
+
+
+def test_both_cores_agree_on_hostile_clocks() -> None:
+    """The C core and the Python twin give identical readings on a clock that jumps and fails."""
+    script = (5, 2**62, RuntimeError("x"), -(2**62), 2**63 - 1, "not an int", 7, 2**63 - 1)
+    results = []
+    for implementation in ("c", "python"):
+        meter = load_meter_class(implementation)(clock=ScriptedClock(*script))
+        token = meter.begin()
+        first = meter.snapshot()
+        with meter.track():
+            pass
+        meter.end(token)
+        results.append([tuple(s)[:6] for s in (first, meter.snapshot())])
+        for snap in (first, meter.snapshot()):
+            check_invariants(snap)
+    assert results[0] == results[1]
+
+
+def test_a_stale_reading_applied_after_a_snapshot_hands_back_nothing(
+    Meter: type[MeterType],
+) -> None:
+    """A reading taken before a snapshot but applied after it cannot make counters run back."""
+    snapshots: list[Snapshot] = []
+    state = {"now": 0, "inside": False}
+
+    def clock() -> int:
+        if state["inside"] or state["now"] != 150:
+            return state["now"]
+        # The end's reading is 150, but another thread snapshots at 200
+        # before the end is applied.
+        state["inside"] = True
+        state["now"] = 200
+        snapshots.append(meter.snapshot())
+        state["inside"] = False
+        return 150
+
+    meter = Meter(clock=clock)
+    token = meter.begin()
+    state["now"] = 150
+    meter.end(token)
+    state["now"] = 210
+    snapshots.append(meter.snapshot())
+    earlier, later = snapshots
+    assert earlier.busy_ns == 200
+    assert later.busy_ns >= earlier.busy_ns and later.total_ns >= earlier.total_ns
+    interval = later - earlier
+    assert interval.queries == 1
+
+
+def test_readers_interleaved_at_every_step_see_monotonic_counters(Meter: type[MeterType]) -> None:
+    """Snapshots taken between any two steps of a schedule never decrease, on any core."""
+    schedule = [("begin", 10), ("begin", 20), ("end", 35), ("begin", 40), ("end", 60), ("end", 90)]
+    for reader_at in range(len(schedule) + 1):
+        for stale in (0, 5, 25):
+            clock = FakeClock(0)
+            meter = Meter(clock=clock)
+            tokens: list[Any] = []
+            readings: list[Snapshot] = []
+            for step, (action, at) in enumerate(schedule):
+                if step == reader_at:
+                    clock.now = at + stale
+                    readings.append(meter.snapshot())
+                clock.now = at
+                if action == "begin":
+                    tokens.append(meter.begin())
+                else:
+                    meter.end(tokens.pop(0))
+                readings.append(meter.snapshot())
+            for earlier, later in itertools.pairwise(readings):
+                check_invariants(later)
+                for name in ("uptime_ns", "queries", "errors", "total_ns", "busy_ns"):
+                    assert getattr(later, name) >= getattr(earlier, name), (reader_at, stale, name)
+
+
+def test_keyboard_interrupt_in_the_clock_propagates_and_leaves_nothing_in_flight(
+    Meter: type[MeterType],
+) -> None:
+    """A clock raising KeyboardInterrupt is not a fault: it propagates, and counts stay balanced."""
+    clock = ScriptedClock(0, KeyboardInterrupt, 5)
+    meter = Meter(clock=clock)
+    faults_before = dict(querymeter.faults())
+    with pytest.raises(KeyboardInterrupt):
+        meter.begin()
+    assert meter.snapshot().concurrency == 0
+    clock.readings = [10, KeyboardInterrupt, 20]
+    token = meter.begin()
+    with pytest.raises(KeyboardInterrupt):
+        meter.end(token)
+    snap = meter.snapshot()
+    assert (snap.queries, snap.concurrency) == (1, 0)
+    with pytest.raises(ValueError, match="already ended"):
+        meter.end(token)
+    clock.readings = [30, 35, SystemExit, 40]
+    tracked = meter.tracked(lambda: "ran")
+    assert tracked() == "ran"
+    with pytest.raises(SystemExit):
+        tracked()
+    assert meter.snapshot().concurrency == 0
+    assert querymeter.faults() == faults_before
+
+
+def test_trackers_cannot_be_made_by_hand(Meter: type[MeterType]) -> None:
+    """Tracker refuses direct construction on both cores, as Token does."""
+    tracker_type = type(Meter().track())
+    with pytest.raises(TypeError):
+        tracker_type(Meter())
