@@ -1,7 +1,7 @@
 """Interval: what one meter counted between two snapshots, and the operational laws.
 
 From two snapshots a (earlier) and b (later) of one meter, with Δt = Δuptime,
-the operational laws give (DESIGN §2):
+the operational laws give (see docs/laws.md):
 
 ==========================  ============================  ==============
 figure                      formula                       unit
@@ -75,7 +75,7 @@ def check_readings(
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Interval:
-    """What one meter counted between two of its snapshots (DESIGN §2).
+    """What one meter counted between two of its snapshots (see docs/laws.md).
 
     Build it with ``later - earlier`` or ``Interval(earlier, later)``.  The raw
     deltas are exact integers of nanoseconds; the derived figures are floats

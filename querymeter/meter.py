@@ -117,7 +117,7 @@ def _tracked_coroutine(
 
 
 class Meter(_MeterAPI, core.MeterCore):
-    """Meter(clock=None): one set of the five counters (DESIGN §1).
+    """Meter(clock=None): one set of the five counters (see docs/concepts.md).
 
     ``clock``, if given, is a zero-argument callable returning monotonic
     integer nanoseconds (for tests and simulation); by default the meter reads

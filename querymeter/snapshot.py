@@ -11,7 +11,7 @@ __all__ = ["Snapshot"]
 
 
 class Snapshot(NamedTuple):
-    """Every counter of one meter, read at one instant (DESIGN §1).
+    """Every counter of one meter, read at one instant (see docs/concepts.md).
 
     The time of queries still executing is included: a query that started 0.5 s
     ago shows in ``total_ns`` and ``busy_ns`` with its 0.5 s so far.  All times

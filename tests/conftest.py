@@ -69,7 +69,7 @@ def fake_meter(Meter: type[MeterType], clock: FakeClock) -> MeterType:
 
 
 def check_invariants(snap: object) -> None:
-    """Assert every invariant DESIGN §1 states for one snapshot."""
+    """Assert every invariant docs/concepts.md states for one snapshot."""
     assert isinstance(snap, Snapshot)
     assert 0 <= snap.busy_ns <= snap.uptime_ns, snap
     assert snap.busy_ns <= snap.total_ns, snap

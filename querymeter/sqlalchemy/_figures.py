@@ -7,7 +7,7 @@ A pool snapshot holds three kinds of figures.
 - Counters that never decrease: checkouts, waits, timeouts, creations,
   invalidations..., and four times in integer nanoseconds that include the
   time so far of what is still under way, like the meter's ``total_ns``
-  (DESIGN §1).  So ``Δwait_ns / Δt`` is the mean number of checkouts waiting
+  (see docs/concepts.md).  So ``Δwait_ns / Δt`` is the mean number of checkouts waiting
   (Little's Law), as ``Δtotal / Δt`` is a meter's mean concurrency.
 
 From two snapshots a (earlier) and b of one instrumented engine, with Δt = Δuptime:
