@@ -65,7 +65,10 @@ def _counted_call(patch: Patch) -> Any:
         meter = connection_meter(self._conn)
         if meter is None or not patch.active:
             return own(self, *args, **kwargs)
-        return meter._call(own, self, *args, **kwargs)
+        if kwargs:
+            return meter._call(own, self, *args, **kwargs)
+        # Most calls pass no keyword: an empty dict costs a third more to forward.
+        return meter._call(own, self, *args)
 
     return like(method, own)
 

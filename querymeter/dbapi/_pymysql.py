@@ -68,7 +68,10 @@ def _counted_call(patch: Patch) -> Any:
         meter = connection_meter(state.get("connection"))
         if meter is None or IN_BATCH in state or not patch.active:
             return own(self, *args, **kwargs)
-        return meter._call(own, self, *args, **kwargs)
+        if kwargs:
+            return meter._call(own, self, *args, **kwargs)
+        # Most calls pass no keyword: an empty dict costs a third more to forward.
+        return meter._call(own, self, *args)
 
     setattr(method, COUNTING, True)
     return like(method, own)
