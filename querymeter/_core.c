@@ -145,23 +145,28 @@ wall_ns(void)
 }
 
 /* Reports a fault of querymeter's own through querymeter._faults.report, which
-   logs once per cause and counts.  Never raises: a fault here must not reach
-   the application either.  Expects no exception to be set. */
-static void
+   logs once per cause and counts.  A fault here must not reach the application
+   either, so an Exception from reporting is dropped; anything else (a signal
+   handler's KeyboardInterrupt arriving meanwhile) is the application's: it is
+   left set, and -1 returned.  Expects no exception to be set. */
+static int
 report_fault(const char *cause, PyObject *exc)
 {
     PyObject *faults = PyImport_ImportModule("querymeter._faults");
-    if (faults == NULL) {
-        PyErr_Clear();
-        return;
+    PyObject *res = NULL;
+    if (faults != NULL) {
+        res = PyObject_CallMethod(faults, "report", "sO", cause, exc ? exc : Py_None);
+        Py_DECREF(faults);
     }
-    PyObject *res = PyObject_CallMethod(faults, "report", "sO", cause,
-                                        exc ? exc : Py_None);
-    Py_DECREF(faults);
     if (res == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return -1;
+        }
         PyErr_Clear();
+        return 0;
     }
-    Py_XDECREF(res);
+    Py_DECREF(res);
+    return 0;
 }
 
 /* Sets the exception (type, value, tb) as the current one, with `pending`
@@ -204,6 +209,7 @@ user_clock_ns(PyObject *clock, int *interrupted)
     PyErr_Fetch(&pending_type, &pending_value, &pending_tb);
 
     int64_t now = QM_NO_READING;
+    int faulted = 0;
     PyObject *reading = PyObject_CallNoArgs(clock);
     if (reading == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_Exception)) {
@@ -216,7 +222,7 @@ user_clock_ns(PyObject *clock, int *interrupted)
         PyObject *type, *value, *tb;
         PyErr_Fetch(&type, &value, &tb);
         PyErr_NormalizeException(&type, &value, &tb);
-        report_fault("clock raised", value);
+        faulted = report_fault("clock raised", value);
         Py_XDECREF(type);
         Py_XDECREF(value);
         Py_XDECREF(tb);
@@ -224,9 +230,9 @@ user_clock_ns(PyObject *clock, int *interrupted)
     else if (!PyLong_Check(reading)) {
         PyObject *exc = PyObject_CallFunction(
             PyExc_TypeError, "s", "the clock must return int nanoseconds");
-        report_fault("clock returned a non-int", exc);
-        Py_XDECREF(exc);
         PyErr_Clear();
+        faulted = report_fault("clock returned a non-int", exc);
+        Py_XDECREF(exc);
     }
     else {
         int overflow = 0;
@@ -234,15 +240,23 @@ user_clock_ns(PyObject *clock, int *interrupted)
         if (overflow) {
             PyObject *exc = PyObject_CallFunction(
                 PyExc_OverflowError, "s", "the clock reading does not fit in 64 bits");
-            report_fault("clock overflowed", exc);
-            Py_XDECREF(exc);
             PyErr_Clear();
+            faulted = report_fault("clock overflowed", exc);
+            Py_XDECREF(exc);
         }
         else {
             now = (int64_t)value;
         }
     }
     Py_XDECREF(reading);
+    if (faulted < 0) {
+        /* Interrupted while reporting: propagate that, as from the clock. */
+        *interrupted = 1;
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        raise_with_context(type, value, tb, pending_type, pending_value, pending_tb);
+        return QM_NO_READING;
+    }
     PyErr_Restore(pending_type, pending_value, pending_tb);
     return now;
 }

@@ -727,3 +727,20 @@ def test_trackers_cannot_be_made_by_hand(Meter: type[MeterType]) -> None:
     tracker_type = type(Meter().track())
     with pytest.raises(TypeError):
         tracker_type(Meter())
+
+
+def test_keyboard_interrupt_while_a_clock_fault_is_reported_propagates(
+    Meter: type[MeterType], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupt while a faulty clock is reported propagates, and the query still ends."""
+    meter = Meter(clock=ScriptedClock(0, 5, RuntimeError("clock"), 9))
+    token = meter.begin()
+
+    def interrupted(cause: str, exc: BaseException | None = None) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(querymeter._faults, "report", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        meter.end(token)
+    snap = meter.snapshot()
+    assert (snap.queries, snap.concurrency) == (1, 0)
