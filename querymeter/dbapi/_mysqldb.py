@@ -104,10 +104,10 @@ def _counted_batch(patch: Patch) -> Any:
         marks: dict[str, Any] = {IN_BATCH: True}
         if "execute" not in state and getattr(type(self).execute, COUNTING, False):
             marks["execute"] = _own_execute.__get__(self, type(self))
-        # One store, then the try at once: no bytecode in between at which an
-        # asynchronous exception could leave the marks behind.
-        state.update(marks)
         try:
+            # Inside the try: an asynchronous exception can never leave the
+            # marks behind (none of these names was set before).
+            state.update(marks)
             # Timed by the meter's call wrapper: begin and end paired in the core.
             return meter._call(own, self, *args, **kwargs)
         finally:
