@@ -66,12 +66,21 @@ def _counted_call(patch: Patch) -> Any:
     def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         state = self.__dict__
         meter = connection_meter(state.get("connection"))
+        # Most calls pass one or two arguments and no keyword: passed one by
+        # one, they cost less than half what forwarding *args and **kwargs does.
         if meter is None or IN_BATCH in state or not patch.active:
+            if not kwargs:
+                if len(args) == 1:
+                    return own(self, args[0])
+                if len(args) == 2:
+                    return own(self, args[0], args[1])
             return own(self, *args, **kwargs)
-        if kwargs:
-            return meter._call(own, self, *args, **kwargs)
-        # Most calls pass no keyword: an empty dict costs a third more to forward.
-        return meter._call(own, self, *args)
+        if not kwargs:
+            if len(args) == 1:
+                return meter._call(own, self, args[0])
+            if len(args) == 2:
+                return meter._call(own, self, args[0], args[1])
+        return meter._call(own, self, *args, **kwargs)
 
     setattr(method, COUNTING, True)
     return like(method, own)
