@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import ctypes
+import dis
 import gc
 import subprocess
 import sys
 import textwrap
-import threading
-import time
 import types
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -458,22 +456,9 @@ def test_occupancies_restart_with_their_meter(fake_meter: MeterType, clock: Fake
 
 # --------------------------------------------- exceptions raised asynchronously
 
-_set_async_exc = ctypes.pythonapi.PyThreadState_SetAsyncExc
-_set_async_exc.argtypes = (ctypes.c_ulong, ctypes.py_object)
-
 
 class Interrupt(BaseException):
-    """Raised into a thread from outside, as a signal handler's exception would be."""
-
-
-def _interrupt_repeatedly(
-    thread_id: int, go: threading.Event, stop: threading.Event, sent: list[int]
-) -> None:
-    go.wait()
-    while not stop.is_set():
-        time.sleep(0.00005 * (1 + len(sent) % 7))
-        _set_async_exc(thread_id, Interrupt)
-        sent.append(1)
+    """Raised into running code from outside, as a signal handler's exception would be."""
 
 
 class Step:
@@ -483,27 +468,76 @@ class Step:
         return iter([None])
 
 
-def _run_under_interrupts(work: Callable[[], None], seconds: float = 1.0) -> int:
-    """Run work() in a loop while another thread raises Interrupt into it; how many were sent."""
-    go, stop = threading.Event(), threading.Event()
-    sent: list[int] = []
-    target = threading.get_ident()
-    deadline = time.monotonic() + seconds
-    interrupter = threading.Thread(target=_interrupt_repeatedly, args=(target, go, stop, sent))
-    interrupter.start()
-    go.set()
-    running = True
-    while running:
+# Where CPython 3.11 checks for a pending asynchronous exception: after these
+# instructions (a call that returned, a backward jump), and at a RESUME that
+# starts a frame.  Nowhere else can such an exception arrive.
+_CHECKED_AFTER = {
+    dis.opmap[name]
+    for name in (
+        "CALL",
+        "CALL_FUNCTION_EX",
+        "JUMP_BACKWARD",
+        "POP_JUMP_BACKWARD_IF_FALSE",
+        "POP_JUMP_BACKWARD_IF_TRUE",
+        "POP_JUMP_BACKWARD_IF_NONE",
+        "POP_JUMP_BACKWARD_IF_NOT_NONE",
+    )
+    if name in dis.opmap
+}
+_RESUME = dis.opmap["RESUME"]
+
+
+def _interrupt_at_every_check(work: Callable[[], None]) -> int:
+    """Run work() once per point where it could receive an asynchronous exception.
+
+    An exception raised asynchronously (a signal handler's, a thread's
+    PyThreadState_SetAsyncExc) arrives only where the interpreter checks for
+    one.  A tracer raises Interrupt at the first such point of the first
+    run, the second of the second, and so on, until a run completes: every
+    point is covered, deterministically.  Returns the number of runs.
+    """
+    runs = 0
+    while True:
+        runs += 1
+        checks = 0
+        fired = False
+        previous: dict[int, int] = {}
+
+        def tracer(
+            frame: types.FrameType,
+            event: str,
+            arg: Any,
+            target: int = runs,
+            previous: dict[int, int] = previous,
+        ) -> Any:
+            nonlocal checks, fired
+            frame.f_trace_opcodes = True
+            if event == "call":
+                previous.pop(id(frame), None)
+            elif event == "opcode":
+                code = frame.f_code.co_code
+                opcode = code[frame.f_lasti]
+                checked = previous.get(id(frame)) in _CHECKED_AFTER or (
+                    opcode == _RESUME and code[frame.f_lasti + 1] < 2
+                )
+                previous[id(frame)] = opcode
+                if checked:
+                    checks += 1
+                    if checks == target:
+                        fired = True
+                        # Raised at this point; tracing stops with it.
+                        raise Interrupt
+            return tracer
+
+        sys.settrace(tracer)
         try:
-            while time.monotonic() < deadline:
-                work()
-            stop.set()
-            interrupter.join()
-            _set_async_exc(target, ctypes.py_object())  # drop one still pending
-            running = False
+            work()
         except Interrupt:
             pass
-    return len(sent)
+        finally:
+            sys.settrace(None)
+        if not fired:
+            return runs
 
 
 class Cursor:
@@ -574,21 +608,19 @@ def test_no_query_stays_in_flight_under_asynchronous_exceptions(
         pytest.skip("the pure-Python core pairs begin and end in Python (documented)")
     meter = Meter()
     work = _shape(shape, meter)
-    sent = 0
     # An Interrupt that lands in a finalizer (a coroutine being closed) is
     # unraisable; pytest's hook would keep it, and with it the frames and
     # the objects whose queries are still in flight: drop them instead.
     hook = sys.unraisablehook
     sys.unraisablehook = lambda unraisable: None
     try:
-        while sent < 400:
-            sent += _run_under_interrupts(work, 0.15)
+        runs = _interrupt_at_every_check(work)
     finally:
         sys.unraisablehook = hook
     gc.collect()
     snap = meter.snapshot()
-    assert snap.concurrency == 0, f"{snap.concurrency} queries left in flight after {sent}"
-    assert snap.queries > 0
+    assert snap.concurrency == 0, f"{snap.concurrency} left in flight after {runs} runs"
+    assert snap.queries > 0 and runs > 1
 
 
 # ------------------------------------------------------------------- fork
