@@ -816,8 +816,15 @@ class Model:
         # not cancel near the peak.
         y = x / lam
         q = math.sqrt(k * (1.0 - s))
-        minus_b = 1.0 - y * (s - k)
-        f1 = max(1.0 - y * (s - k + 2.0 * q), 0.0)  # >= 0 up to rounding for x <= X*
+        if k == 0.0 and s > 0.0:
+            # Amdahl: -b = 1 - x / max_throughput exactly; formed as a
+            # difference of near-equal numbers (exact), it stays positive up
+            # to the asymptote, where 1 - y s would round to zero.
+            minus_b = (xmax - x) / xmax
+            f1 = max(minus_b, 0.0)
+        else:
+            minus_b = 1.0 - y * (s - k)
+            f1 = max(1.0 - y * (s - k + 2.0 * q), 0.0)  # >= 0 up to rounding for x <= X*
         f2 = 1.0 - y * (s - k - 2.0 * q)
         # Smaller root in the form 2c / (-b + sqrt(disc)), which does not
         # cancel: -b > 0 on the rising branch.

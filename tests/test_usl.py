@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from querymeter import usl
@@ -438,6 +438,8 @@ def coefficient(top: float) -> st.SearchStrategy[float]:
 @HYPOTHESIS
 @given(sigma=coefficient(0.99), kappa=coefficient(0.1), e=log_lam,
        frac=st.floats(1e-6, 1.0, exclude_max=True))  # fmt: skip
+# Amdahl, one ulp below the asymptote: 1 - y sigma used to round to zero.
+@example(sigma=0.75, kappa=0.0, e=1.0, frac=0.9999999999999999)
 def test_concurrency_at_throughput_inverts_throughput(
     sigma: float, kappa: float, e: float, frac: float
 ) -> None:
