@@ -518,9 +518,11 @@ def _run_level(
                     database_errors.append(f"{type(exc).__name__}: {exc}".strip())
 
     workers = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(threads)]
+    running: list[threading.Thread] = []
     try:
         for thread in workers:
             thread.start()
+            running.append(thread)
         time.sleep(WARM_UP_S)
         before = meter.snapshot()
         started = time.monotonic()
@@ -532,7 +534,8 @@ def _run_level(
         after = meter.snapshot()
     finally:
         stop.set()
-        for thread in workers:
+        # Only those started: Ctrl-C can arrive while they are being started.
+        for thread in running:
             thread.join()
         for connection in connections:
             connection.close()
