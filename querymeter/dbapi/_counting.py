@@ -12,30 +12,27 @@ a connection whose class cannot be changed back can still be switched off.
 from __future__ import annotations
 
 import abc
-import contextlib
-import functools
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import _faults
-from .._patching import Patch
+from .._patching import Patch, like
 from ..meter import Meter
 
 __all__ = [
+    "COUNTING",
+    "IN_BATCH",
     "ConnectionClasses",
     "CountedMethod",
     "InPlaceCounting",
-    "batch",
     "connection_meter",
     "connection_namespace",
-    "counted_async_context",
-    "counted_async_iteration",
     "counted_class",
-    "counted_context",
-    "counted_iteration",
+    "cursor_batch",
+    "cursor_call",
     "forget_connection",
     "quiet_subclass",
     "report_fault",
@@ -217,100 +214,6 @@ def quiet_subclass(name: str, bases: tuple[type, ...], namespace: dict[str, Any]
 def tracked(meter: Meter, base: type, name: str) -> Any:
     """Each call is one query: the meter's call wrapper around the base's method."""
     return meter.tracked(getattr(base, name))
-
-
-def batch(execute_name: str) -> CountedMethod:
-    """A method that sends a batch through ``self.<execute_name>``: the batch is one query.
-
-    (PyMySQL's executemany calls self.execute per row or per chunk.)  The
-    batch is timed by the meter's call wrapper; inside it, an instance
-    attribute shadows the counted execute with the driver's own, so the inner
-    calls are not counted again, and the counted execute stays a plain class
-    attribute, with nothing added to its path.  The shadow is set and removed
-    inside the timed call, where nothing can separate the end from the begin.
-    """
-
-    def make(meter: Meter, base: type, name: str) -> Any:
-        method = getattr(base, name)
-        plain_execute = getattr(base, execute_name)
-
-        def shadowing_batch(self: Any, *args: Any, **kwargs: Any) -> Any:
-            instance = self.__dict__
-            shadowed = execute_name in instance
-            # A store, then the try at once: no bytecode in between at
-            # which an asynchronous exception could leave the shadow behind.
-            instance[execute_name] = plain_execute.__get__(self, type(self))
-            try:
-                return method(self, *args, **kwargs)
-            finally:
-                if not shadowed:
-                    instance.pop(execute_name, None)
-
-        return _like(meter._timed(shadowing_batch), method)
-
-    return make
-
-
-def _like(wrapper: Any, method: Any) -> Any:
-    """The wrapper, named and documented as the method it counts."""
-    functools.update_wrapper(wrapper, method)
-    return wrapper
-
-
-def counted_iteration(meter: Meter, base: type, name: str) -> Any:
-    """A method returning an iterator whose consumption is the query (a streamed result).
-
-    The query runs from the first row asked for until the iterator is
-    exhausted, fails, or is closed early; closing early is not an error.  The
-    core's iterator pairs begin and end.
-    """
-    method = getattr(base, name)
-    iterating = meter._iterating
-
-    @functools.wraps(method)
-    def counted_stream(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        return iterating(method(*args, **kwargs))
-
-    return counted_stream
-
-
-def counted_async_iteration(meter: Meter, base: type, name: str) -> Any:
-    """The async twin of :func:`counted_iteration`."""
-    method = getattr(base, name)
-    async_iterating = meter._async_iterating
-
-    @functools.wraps(method)
-    def counted_stream(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        return async_iterating(method(*args, **kwargs))
-
-    return counted_stream
-
-
-def counted_context(meter: Meter, base: type, name: str) -> Any:
-    """A method returning a context manager whose block is the query (COPY)."""
-    method = getattr(base, name)
-
-    @functools.wraps(method)
-    @contextlib.contextmanager
-    def counted_block(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        with meter.track(), method(*args, **kwargs) as inner:
-            yield inner
-
-    return counted_block
-
-
-def counted_async_context(meter: Meter, base: type, name: str) -> Any:
-    """A method returning an async context manager whose block is the query."""
-    method = getattr(base, name)
-
-    @functools.wraps(method)
-    @contextlib.asynccontextmanager
-    async def counted_block(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        with meter.track():
-            async with method(*args, **kwargs) as inner:
-                yield inner
-
-    return counted_block
 
 
 # ------------------------------------------------------- connections' meters
@@ -518,3 +421,81 @@ class InPlaceCounting:
         except Exception as exc:  # noqa: BLE001 - ours: taken for open
             report_fault("could not tell whether a connection is closed", exc)
             return False
+
+
+# ------------------------------------- cursor methods counted in place (MySQL)
+#
+# PyMySQL and mysqlclient keep a cursor's connection in its ``connection``
+# attribute and send executemany through execute.  Each maker takes the Patch
+# that installs it: ``patch.own`` is the driver's function, and a patch that
+# was removed while another tool's wrapper kept it in a chain becomes a
+# pass-through (``patch.active``).  The connection is read from the cursor's
+# __dict__, so no property of the application's runs.
+
+# The mark of a cursor running a batch: the execute calls the driver makes
+# inside it are part of it, not queries of their own.
+IN_BATCH = "__querymeter_batch__"
+# The mark of a counting execute, told apart from an application's override.
+COUNTING = "__querymeter_counting__"
+
+
+def cursor_call(patch: Patch) -> Any:
+    """``execute`` and ``callproc``: each call is one query, except inside a batch."""
+    own = patch.own
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        state = self.__dict__
+        meter = connection_meter(state.get("connection"))
+        # Most calls pass one or two arguments and no keyword: passed one by
+        # one, they cost less than half what forwarding *args and **kwargs does.
+        if meter is None or IN_BATCH in state or not patch.active:
+            if not kwargs:
+                if len(args) == 1:
+                    return own(self, args[0])
+                if len(args) == 2:
+                    return own(self, args[0], args[1])
+            return own(self, *args, **kwargs)
+        if not kwargs:
+            if len(args) == 1:
+                return meter._call(own, self, args[0])
+            if len(args) == 2:
+                return meter._call(own, self, args[0], args[1])
+        return meter._call(own, self, *args, **kwargs)
+
+    setattr(method, COUNTING, True)
+    return like(method, own)
+
+
+def cursor_batch(own_execute: Callable[..., Any]) -> Callable[[Patch], Any]:
+    """``executemany``: the batch is one query, the execute calls inside it are not counted.
+
+    During the batch the cursor carries one mark: where its class keeps the
+    counting execute, an instance attribute that shadows it with the driver's
+    own (``own_execute``), so the driver's calls do not even pass through it;
+    else (an application's execute), a flag that makes the counting execute
+    pass them through.  One mark, set by one store and removed by one call,
+    so no asynchronous exception can leave half of it behind.
+    """
+
+    def make(patch: Patch) -> Any:
+        own = patch.own
+
+        def executemany(self: Any, *args: Any, **kwargs: Any) -> Any:
+            state = self.__dict__
+            meter = connection_meter(state.get("connection"))
+            if meter is None or IN_BATCH in state or not patch.active:
+                return own(self, *args, **kwargs)
+            mark: Any = True
+            name = IN_BATCH
+            if "execute" not in state and getattr(type(self).execute, COUNTING, False):
+                name, mark = "execute", own_execute.__get__(self, type(self))
+            try:
+                state[name] = mark
+                # Timed by the meter's call wrapper: begin and end paired in the core.
+                return meter._call(own, self, *args, **kwargs)
+            finally:
+                state.pop(name, None)
+
+        return like(executemany, own)
+
+    return make

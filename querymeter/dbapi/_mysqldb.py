@@ -34,6 +34,8 @@ from ._counting import (
     InPlaceTarget,
     already_counted_by_other,
     connection_meter,
+    cursor_batch,
+    cursor_call,
     forget_connection,
     report_fault,
     set_connection_meter,
@@ -44,11 +46,6 @@ __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 NAME = "MySQLdb"
 BASE_CONNECTION = MySQLdb.connections.Connection
 BASE_CURSOR = MySQLdb.cursors.BaseCursor
-# Set in a cursor's __dict__ while its executemany runs: the execute calls
-# MySQLdb makes inside the batch are part of it, not queries of their own.
-IN_BATCH = "__querymeter_batch__"
-# Set on the counting execute, to tell it from MySQLdb's or another tool's.
-COUNTING = "__querymeter_counting__"
 # MySQLdb's own execute, which a batch calls where the cursor's class keeps it.
 _own_execute = BASE_CURSOR.__dict__["execute"]
 # Code of these modules calls Connection.query as part of a cursor's statement
@@ -64,57 +61,9 @@ def connection_types() -> tuple[type, ...]:
 
 # ------------------------------------------------------------ counting methods
 #
-# Each takes the Patch that installs it: ``patch.own`` is MySQLdb's function,
-# and a patch that was removed while another tool's wrapper kept it in a
-# chain becomes a pass-through (``patch.active``).  A cursor's connection is
-# its ``connection`` attribute, read from its __dict__ (no property of the
-# application's runs).
-
-
-def _counted_call(patch: Patch) -> Any:
-    """``execute`` and ``callproc``: each call is one query, except inside a batch."""
-    own = patch.own
-
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = self.__dict__
-        meter = connection_meter(state.get("connection"))
-        if meter is None or IN_BATCH in state or not patch.active:
-            return own(self, *args, **kwargs)
-        return meter._call(own, self, *args, **kwargs)
-
-    setattr(method, COUNTING, True)
-    return like(method, own)
-
-
-def _counted_batch(patch: Patch) -> Any:
-    """``executemany``: the batch is one query, the execute calls inside it are not counted.
-
-    During the batch the cursor is marked, so that the counting execute
-    passes MySQLdb's calls through; where the cursor's class keeps MySQLdb's
-    execute, an instance attribute also shadows the counting execute with
-    MySQLdb's own, so that they do not even pass through it.
-    """
-    own = patch.own
-
-    def executemany(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = self.__dict__
-        meter = connection_meter(state.get("connection"))
-        if meter is None or IN_BATCH in state or not patch.active:
-            return own(self, *args, **kwargs)
-        marks: dict[str, Any] = {IN_BATCH: True}
-        if "execute" not in state and getattr(type(self).execute, COUNTING, False):
-            marks["execute"] = _own_execute.__get__(self, type(self))
-        try:
-            # Inside the try: an asynchronous exception can never leave the
-            # marks behind (none of these names was set before).
-            state.update(marks)
-            # Timed by the meter's call wrapper: begin and end paired in the core.
-            return meter._call(own, self, *args, **kwargs)
-        finally:
-            for name in marks:
-                state.pop(name, None)
-
-    return like(executemany, own)
+# execute, callproc and executemany: the shared makers of _counting.
+# Connection.query: ``patch.own`` is MySQLdb's function, and a patch removed
+# while another tool's wrapper kept it in a chain becomes a pass-through.
 
 
 def _counted_query(patch: Patch) -> Any:
@@ -140,9 +89,9 @@ def _counted_query(patch: Patch) -> Any:
 def _targets() -> list[InPlaceTarget]:
     """Every method of MySQLdb's counted in place."""
     methods: dict[str, Callable[[Patch], Any]] = {
-        "execute": _counted_call,
-        "callproc": _counted_call,
-        "executemany": _counted_batch,
+        "execute": cursor_call,
+        "callproc": cursor_call,
+        "executemany": cursor_batch(_own_execute),
     }
     own = vars(BASE_CURSOR)
     targets: list[InPlaceTarget] = [

@@ -26,7 +26,8 @@ from ._counting import (
     InPlaceCounting,
     InPlaceTarget,
     already_counted_by_other,
-    connection_meter,
+    cursor_batch,
+    cursor_call,
     forget_connection,
     report_fault,
     set_connection_meter,
@@ -37,11 +38,6 @@ __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 NAME = "pymysql"
 BASE_CONNECTION = pymysql.connections.Connection
 BASE_CURSOR = pymysql.cursors.Cursor
-# Set in a cursor's __dict__ while its executemany runs: the execute calls
-# PyMySQL makes inside the batch are part of it, not queries of their own.
-IN_BATCH = "__querymeter_batch__"
-# Set on the counting execute, to tell it from PyMySQL's or another tool's.
-COUNTING = "__querymeter_counting__"
 # PyMySQL's own execute, which a batch calls where the cursor's class keeps it.
 _own_execute = BASE_CURSOR.__dict__["execute"]
 
@@ -51,75 +47,15 @@ def connection_types() -> tuple[type, ...]:
 
 
 # ------------------------------------------------------------ counting methods
-#
-# Each takes the Patch that installs it: ``patch.own`` is PyMySQL's function,
-# and a patch that was removed while another tool's wrapper kept it in a
-# chain becomes a pass-through (``patch.active``).  A cursor's connection is
-# its ``connection`` attribute, read from its __dict__ (no property of the
-# application's runs).
-
-
-def _counted_call(patch: Patch) -> Any:
-    """``execute`` and ``callproc``: each call is one query, except inside a batch."""
-    own = patch.own
-
-    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = self.__dict__
-        meter = connection_meter(state.get("connection"))
-        # Most calls pass one or two arguments and no keyword: passed one by
-        # one, they cost less than half what forwarding *args and **kwargs does.
-        if meter is None or IN_BATCH in state or not patch.active:
-            if not kwargs:
-                if len(args) == 1:
-                    return own(self, args[0])
-                if len(args) == 2:
-                    return own(self, args[0], args[1])
-            return own(self, *args, **kwargs)
-        if not kwargs:
-            if len(args) == 1:
-                return meter._call(own, self, args[0])
-            if len(args) == 2:
-                return meter._call(own, self, args[0], args[1])
-        return meter._call(own, self, *args, **kwargs)
-
-    setattr(method, COUNTING, True)
-    return like(method, own)
-
-
-def _counted_batch(patch: Patch) -> Any:
-    """``executemany``: the batch is one query, the execute calls inside it are not counted.
-
-    During the batch the cursor is marked, so that the counting execute
-    passes PyMySQL's calls through; where the cursor's class keeps PyMySQL's
-    execute, an instance attribute also shadows the counting execute with
-    PyMySQL's own, so that they do not even pass through it.
-    """
-    own = patch.own
-
-    def executemany(self: Any, *args: Any, **kwargs: Any) -> Any:
-        state = self.__dict__
-        meter = connection_meter(state.get("connection"))
-        if meter is None or IN_BATCH in state or not patch.active:
-            return own(self, *args, **kwargs)
-        marks: dict[str, Any] = {IN_BATCH: True}
-        shadow = "execute" not in state and getattr(type(self).execute, COUNTING, False)
-        if shadow:
-            marks["execute"] = _own_execute.__get__(self, type(self))
-        try:
-            # Inside the try: an asynchronous exception can never leave the
-            # marks behind (none of these names was set before).
-            state.update(marks)
-            # Timed by the meter's call wrapper: begin and end paired in the core.
-            return meter._call(own, self, *args, **kwargs)
-        finally:
-            for name in marks:
-                state.pop(name, None)
-
-    return like(executemany, own)
+# execute, callproc and executemany: the shared makers of _counting.
 
 
 def _targets() -> list[InPlaceTarget]:
-    methods = {"execute": _counted_call, "callproc": _counted_call, "executemany": _counted_batch}
+    methods = {
+        "execute": cursor_call,
+        "callproc": cursor_call,
+        "executemany": cursor_batch(_own_execute),
+    }
     own = vars(BASE_CURSOR)
     return [(BASE_CURSOR, name, make) for name, make in methods.items() if name in own]
 
