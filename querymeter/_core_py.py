@@ -754,15 +754,18 @@ class _AnextStep(_Awaiting):
             raise
 
     def close(self) -> None:
-        if self._state == _RUNNING:
-            try:
-                close = getattr(self._iterator, "close", None)
-                if close is not None:
-                    close()
-            finally:
-                self._state = _DONE
+        state = self._state
+        if state == _DONE:
+            return
+        target = self._iterator if state == _RUNNING else self._awaitable
+        try:
+            close = getattr(target, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._state = _DONE
+            if state == _RUNNING:
                 self._owner._finish(True)
-        self._state = _DONE
 
     def __del__(self) -> None:
         pass
