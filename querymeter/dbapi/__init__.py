@@ -113,11 +113,14 @@ def uninstrument(module: types.ModuleType) -> None:
     :func:`unwrap_connection`.
     """
     name = _driver_name(module)
+    # Removed under the lock: an instrument() in another thread between the
+    # pop and the removal would wrap our patch, which would then stay in its
+    # chain as a pass-through, and chains would grow with every toggle.
     with _lock:
         entry = _instrumented.pop(name, None)
-    if entry is not None:
-        for patch in reversed(entry[1]):
-            patch.remove()
+        if entry is not None:
+            for patch in reversed(entry[1]):
+                patch.remove()
 
 
 def instrumented_meter(module: types.ModuleType) -> Meter | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import threading
 import types
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 
 import querymeter
 import querymeter.dbapi as dbapi
+from querymeter._patching import Patch
 from querymeter.meter import Meter as MeterType
 
 from ..servers import driver
@@ -222,3 +224,29 @@ def test_counting_in_place_puts_the_drivers_own_methods_back(name: str, meter: M
         for owner, _ in watched
         for attribute, value in vars(owner).items()
     } == others
+
+
+def test_an_instrument_racing_an_uninstrument_leaves_the_driver_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """instrument() in another thread while uninstrument() removes its patches stacks nothing."""
+    original = sqlite3.connect
+    dbapi.instrument(sqlite3)
+    real_remove = Patch.remove
+    racers: list[threading.Thread] = []
+
+    def remove(patch: Patch) -> bool:
+        if not racers:
+            # Another thread instruments the driver right now, mid-uninstrument.
+            racer = threading.Thread(target=dbapi.instrument, args=(sqlite3,))
+            racers.append(racer)
+            racer.start()
+            racer.join(0.3)
+        return real_remove(patch)
+
+    monkeypatch.setattr(Patch, "remove", remove)
+    dbapi.uninstrument(sqlite3)
+    racers[0].join()
+    monkeypatch.undo()
+    dbapi.uninstrument(sqlite3)
+    assert sqlite3.connect is original
