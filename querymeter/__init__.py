@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from ._faults import counts as faults
 from .core import IMPLEMENTATION
-from .interval import Interval
 from .meter import Meter, default_meter, snapshot
-from .snapshot import Snapshot
+from .readings import Interval, Snapshot
 
 __all__ = [
     "IMPLEMENTATION",

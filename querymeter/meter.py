@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from . import core
-from .snapshot import Snapshot
+from .readings import Snapshot
 
 if TYPE_CHECKING:
     from .core import Token

@@ -12,9 +12,8 @@ from collections.abc import Iterator
 from types import TracebackType
 
 from . import _faults
-from .interval import Interval
 from .meter import Meter, meter_argument
-from .snapshot import Snapshot
+from .readings import Interval, Snapshot
 
 __all__ = ["Sampler"]
 

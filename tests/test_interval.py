@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -167,3 +169,17 @@ def test_the_repr_shows_the_figures(fake_meter: MeterType, clock: FakeClock) -> 
     text = repr(fake_meter.snapshot() - earlier)
     assert "throughput=1000/s" in text
     assert "response_time=0.001 s" in text
+
+
+def test_the_old_module_path_still_works_with_a_deprecation_warning() -> None:
+    """querymeter.interval still gives Interval, and says where it lives now."""
+    code = (
+        "import warnings, querymeter\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    from querymeter.interval import Interval\n"
+        "assert Interval is querymeter.Interval\n"
+        "assert any(issubclass(w.category, DeprecationWarning) for w in caught), caught\n"
+        "assert callable(querymeter.snapshot)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

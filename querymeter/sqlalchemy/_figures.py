@@ -40,7 +40,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from ..interval import check_readings
+from ..readings import check_readings
 
 __all__ = ["PoolInterval", "PoolSnapshot"]
 
