@@ -28,7 +28,7 @@ from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from . import dbapi
-from .interval import Interval
+from .readings import Interval
 from .meter import Meter
 from .sampler import Sampler
 
