@@ -15,12 +15,12 @@ aiosqlite, asyncpg and MySQLdb (mysqlclient).
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import threading
 import types
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .._patching import Patch
 from ..meter import Meter, meter_argument
@@ -28,6 +28,7 @@ from ._counting import connection_meter
 
 __all__ = [
     "SUPPORTED_DRIVERS",
+    "DriverAdapter",
     "instrument",
     "instrumented_meter",
     "meter_of",
@@ -36,15 +37,78 @@ __all__ = [
     "wrap_connection",
 ]
 
-SUPPORTED_DRIVERS = (
-    "sqlite3",
-    "psycopg",
-    "psycopg2",
-    "pymysql",
-    "aiosqlite",
-    "asyncpg",
-    "MySQLdb",
-)
+
+class DriverAdapter(Protocol):
+    """What a driver's adapter module (``_<driver>.py`` beside this one) provides."""
+
+    def connection_types(self) -> tuple[type, ...]:
+        """The driver's connection classes (and proxies of ours) it can count."""
+
+    def instrument(self, module: types.ModuleType, meter: Meter) -> list[Any]:
+        """The patches (``install()``/``remove()``) that count new connections into meter."""
+
+    def wrap(self, connection: Any, meter: Meter) -> Any:
+        """Count one open connection into meter; the connection to use."""
+
+    def unwrap(self, connection: Any) -> Any:
+        """Stop counting a connection; the driver's own connection object."""
+
+
+# Each adapter imports its driver, so it is imported only when asked for.
+def _load_sqlite3() -> DriverAdapter:
+    from . import _sqlite3 as adapter
+
+    return adapter
+
+
+def _load_psycopg() -> DriverAdapter:
+    from . import _psycopg as adapter
+
+    return adapter
+
+
+def _load_psycopg2() -> DriverAdapter:
+    from . import _psycopg2 as adapter
+
+    return adapter
+
+
+def _load_pymysql() -> DriverAdapter:
+    from . import _pymysql as adapter
+
+    return adapter
+
+
+def _load_aiosqlite() -> DriverAdapter:
+    from . import _aiosqlite as adapter
+
+    return adapter
+
+
+def _load_asyncpg() -> DriverAdapter:
+    from . import _asyncpg as adapter
+
+    return adapter
+
+
+def _load_mysqldb() -> DriverAdapter:
+    from . import _mysqldb as adapter
+
+    return adapter
+
+
+#: The registry, one line per driver: the name of the driver's module -> its adapter.
+_ADAPTERS: dict[str, Callable[[], DriverAdapter]] = {
+    "sqlite3": _load_sqlite3,
+    "psycopg": _load_psycopg,
+    "psycopg2": _load_psycopg2,
+    "pymysql": _load_pymysql,
+    "aiosqlite": _load_aiosqlite,
+    "asyncpg": _load_asyncpg,
+    "MySQLdb": _load_mysqldb,
+}
+
+SUPPORTED_DRIVERS = tuple(_ADAPTERS)
 
 _instrumented: dict[str, tuple[Meter, list[Patch]]] = {}
 _lock = threading.Lock()
@@ -61,8 +125,8 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_lock_in_child)
 
 
-def _adapter(name: str) -> Any:
-    return importlib.import_module(f"{__name__}._{name.lower()}")
+def _adapter(name: str) -> DriverAdapter:
+    return _ADAPTERS[name]()
 
 
 def _driver_name(module: object) -> str:
@@ -129,7 +193,7 @@ def instrumented_meter(module: types.ModuleType) -> Meter | None:
     return entry[0] if entry else None
 
 
-def _adapter_for_connection(connection: object) -> Any:
+def _adapter_for_connection(connection: object) -> DriverAdapter:
     for name in SUPPORTED_DRIVERS:
         # A connection of a driver never imported cannot exist (nor of MySQLdb
         # where sys.modules["MySQLdb"] is PyMySQL, installed as MySQLdb).
