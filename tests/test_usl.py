@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
 from querymeter import usl
-from querymeter.usl import Model, fit, linearized_estimate, t_quantile
+from querymeter.usl import Model, _lsq, fit, linearized_estimate, t_quantile
 
 DATA = Path(__file__).resolve().parent / "data" / "usl"
 HYPOTHESIS = settings(
@@ -534,7 +534,7 @@ def test_fit_never_crashes_on_valid_input(pts: list[tuple[float, float]], fixed:
     assert 0.0 <= m.sigma <= 1.0 and 0.0 <= m.kappa <= 1.0
     assert m.lam > 0 and math.isfinite(m.lam)
     assert m.sse is not None and math.isfinite(m.sse)
-    assert m.iterations <= usl._MAX_ITERATIONS
+    assert m.iterations <= _lsq._MAX_ITERATIONS
 
 
 # ---------------------------------------------------------------------------
@@ -890,19 +890,25 @@ def test_t_quantile_rejects_invalid_arguments(p: float, df: float) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Static checks of usl.py
+# Static checks of the querymeter.usl package
 # ---------------------------------------------------------------------------
 
 
 def test_no_third_party_imports() -> None:
-    """querymeter.usl imports only the standard library."""
+    """Every module of querymeter.usl imports only the standard library and its siblings."""
     import ast
 
-    tree = ast.parse(Path(usl.__file__).read_text())
+    sources = sorted(Path(usl.__file__).parent.glob("*.py"))
+    assert {p.name for p in sources} >= {"__init__.py", "_lsq.py", "_tdist.py"}
     modules: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            modules.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module:
-            modules.add(node.module.split(".")[0])
+    siblings: set[str] = set()
+    for source in sources:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level > 0:
+                siblings.add(node.module or "")
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules.add(node.module.split(".")[0])
     assert modules <= set(sys.stdlib_module_names) | {"__future__"}, modules
+    assert siblings <= {p.stem for p in sources}, siblings
