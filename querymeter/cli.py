@@ -32,7 +32,7 @@ from .demo import (
     run_levels,
 )
 from .meter import Meter
-from .report import COLUMNS, FitReading, level_points, read_fit, render_html
+from .report import COLUMNS, FitReading, Measurement, level_points, read_fit, render_html
 
 __all__ = ["main"]
 
@@ -169,6 +169,11 @@ def _level_line(level: Level) -> str:
         _number(None if interval.service_time is None else interval.service_time * 1e3, ".3f"),
         f"{interval.errors:,}",
     )
+
+
+def _measurements(levels: Sequence[Level]) -> list[Measurement]:
+    """The demo's levels as the report takes them: plain data, no workload."""
+    return [Measurement(level.threads, level.interval, level.first_error) for level in levels]
 
 
 def _first_line(text: str) -> str:
@@ -469,7 +474,8 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"querymeter demo: interrupted; {len(measured)} of {len(levels)} levels measured",
             file=sys.stderr,
         )
-    points = level_points(measured)
+    shown = _measurements(measured)
+    points = level_points(shown)
     model: usl.Model | None = None
     fit_problem: str | None = None
     if len(points) < 3:
@@ -494,7 +500,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         try:
             report_path.write_text(
                 render_html(
-                    measured,
+                    shown,
                     model,
                     database=database.description,
                     implementation=IMPLEMENTATION,

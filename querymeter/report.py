@@ -14,10 +14,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .demo import Level
+from .readings import Interval
 from .usl import Model
 
-__all__ = ["FitReading", "Series", "nice_ticks", "read_fit", "render_html", "svg_chart"]
+__all__ = [
+    "FitReading",
+    "Measurement",
+    "Series",
+    "nice_ticks",
+    "read_fit",
+    "render_html",
+    "svg_chart",
+]
 
 #: Below this R², the model is said not to describe the data.  The published
 #: data sets in tests/data/usl all fit with R² >= 0.99.
@@ -33,6 +41,16 @@ FAR_PEAK = 1.5
 
 WIDTH, HEIGHT = 640, 400
 MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 72, 24, 44, 56
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One measured level, as the report shows it: its worker threads and the interval seen."""
+
+    threads: int
+    interval: Interval
+    #: The first error raised during the level, as "Type: message"; None when there was none.
+    first_error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -374,7 +392,7 @@ COLUMNS = (
 )
 
 
-def level_points(levels: Sequence[Level]) -> list[tuple[float, float]]:
+def level_points(levels: Sequence[Measurement]) -> list[tuple[float, float]]:
     """The (N, X) points of the levels that completed queries: what the model is fitted to."""
     return [
         (level.interval.concurrency, level.interval.throughput)
@@ -386,7 +404,7 @@ def level_points(levels: Sequence[Level]) -> list[tuple[float, float]]:
 
 
 def render_html(
-    levels: Sequence[Level],
+    levels: Sequence[Measurement],
     model: Model | None,
     *,
     database: str,
@@ -523,7 +541,7 @@ def _cell(value: float | None, spec: str) -> str:
     return "&ndash;" if value is None else format(value, spec)
 
 
-def _errors_section(levels: Sequence[Level]) -> str:
+def _errors_section(levels: Sequence[Measurement]) -> str:
     failed = [level for level in levels if level.interval.errors]
     if not failed:
         return ""

@@ -7,6 +7,8 @@ import html
 import itertools
 import math
 import re
+import subprocess
+import sys
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
@@ -15,8 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from querymeter.cli import fit_text
-from querymeter.demo import Level
-from querymeter.report import level_points, nice_ticks, read_fit, render_html
+from querymeter.report import Measurement, level_points, nice_ticks, read_fit, render_html
 from querymeter.usl import Model, fit
 
 from .conftest import load_meter_class
@@ -42,7 +43,7 @@ def test_nice_ticks_cover_the_range_in_round_steps(offset: float, span: float) -
     assert len(steps) <= 2  # equal, up to rounding in the last digit
 
 
-def levels_of(implementation: str, model: Model) -> list[Level]:
+def levels_of(implementation: str, model: Model) -> list[Measurement]:
     """Levels whose intervals have exactly the model's throughput at 1, 2, 4 and 8."""
     now = [0]
     meter = load_meter_class(implementation)(clock=lambda: now[0])
@@ -55,7 +56,7 @@ def levels_of(implementation: str, model: Model) -> list[Level]:
             meter.end(token)
         for _ in range(round(model.throughput(threads)) - threads):
             meter.end(meter.begin())
-        levels.append(Level(threads, meter.snapshot() - before))
+        levels.append(Measurement(threads, meter.snapshot() - before))
     return levels
 
 
@@ -84,6 +85,26 @@ def test_the_report_draws_every_level_and_the_model(implementation: str) -> None
     assert "SQLite &lt;test&gt; &amp; co" in page
     assert page.count("<tr><td>") == len(levels)
     assert f"{model.sigma:.4g}" in page and "limiting factor" in page
+
+
+def modules_loaded_by(module: str) -> set[str]:
+    """The querymeter modules a fresh interpreter holds after importing ``module``."""
+    code = (
+        f"import sys, {module}; "
+        "print(*sorted(name for name in sys.modules if name.startswith('querymeter')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    return set(result.stdout.split())
+
+
+def test_the_report_does_not_import_the_demo() -> None:
+    """Importing the report layer loads no workload generator: querymeter.demo stays out."""
+    loaded = modules_loaded_by("querymeter.report")
+    assert "querymeter.report" in loaded and "querymeter.demo" not in loaded
+    # The same check sees the demo where it is imported.
+    assert "querymeter.demo" in modules_loaded_by("querymeter.cli")
 
 
 def test_the_report_is_self_contained() -> None:
@@ -260,7 +281,7 @@ def test_the_terminal_says_plainly_when_the_model_does_not_fit() -> None:
     assert "N*" not in text.replace("N* = 0", "") and "X max" not in text
 
 
-def levels_at(implementation: str, points: list[tuple[float, float]]) -> list[Level]:
+def levels_at(implementation: str, points: list[tuple[float, float]]) -> list[Measurement]:
     """Levels measured over 10 s whose (N, X) are the points, N whole, X to 0.1 queries/s."""
     now = [0]
     meter = load_meter_class(implementation)(clock=lambda: now[0])
@@ -274,7 +295,7 @@ def levels_at(implementation: str, points: list[tuple[float, float]]) -> list[Le
             meter.end(token)
         for _ in range(round(throughput * 10) - threads):
             meter.end(meter.begin())
-        levels.append(Level(threads, meter.snapshot() - before))
+        levels.append(Measurement(threads, meter.snapshot() - before))
     return levels
 
 
@@ -325,7 +346,9 @@ def test_the_report_shows_the_first_error_of_a_level_and_an_interruption(
     before = meter.snapshot()
     meter.end(meter.begin(), error=True)
     meter.end(meter.begin())
-    failed = Level(4, meter.snapshot() - before, 'UniqueViolation: duplicate key <"id">\nDETAIL')
+    failed = Measurement(
+        4, meter.snapshot() - before, 'UniqueViolation: duplicate key <"id">\nDETAIL'
+    )
     page = render_html(
         [failed],
         None,
