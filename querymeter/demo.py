@@ -28,8 +28,8 @@ from typing import Any, Literal, Protocol
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 from . import dbapi
-from .readings import Interval
 from .meter import Meter
+from .readings import Interval
 from .sampler import Sampler
 
 __all__ = [
