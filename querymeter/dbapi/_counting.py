@@ -1,12 +1,18 @@
-"""Counted subclasses of driver classes: built once per (class, meter), transparent, undoable.
+"""How the DB-API hooks count: counted subclasses, counting in place, and each connection's meter.
 
-A driver's cursor class gets a subclass whose statement-sending methods are
-the meter's call wrappers (C in the C core): a counted ``cur.execute(...)`` is
-one C call around the driver's own, with no proxy and no attribute forwarding.
-The subclass keeps the base's name, module and layout (``__slots__ = ()``),
-so isinstance, C-level type checks, ``__class__`` assignment and repr behave
-as the driver's own.  Connections keep their meter in a side table, so that
-a connection whose class cannot be changed back can still be switched off.
+Three mechanisms the driver adapters share:
+
+- Counted subclasses, for drivers whose classes are C types (sqlite3,
+  psycopg2): a cursor class gets a subclass whose statement-sending methods
+  are the meter's call wrappers, made once per (class, meter) by
+  ``quiet_subclass`` without running any code of the application's.
+- Counting in place, for drivers whose classes are Python classes (psycopg,
+  PyMySQL, aiosqlite, asyncpg, mysqlclient): the driver's own methods are
+  replaced on its classes while it is instrumented or a counting connection
+  is open (``InPlaceCounting``), so ``type(cursor)`` stays the application's.
+- A side table of each connection's meter, which both look up.
+
+Every lock here is renewed in a forked child.
 """
 
 from __future__ import annotations
