@@ -548,17 +548,18 @@ class _Awaiting:
             self._meter._exit(self._start_ns, self._epoch, error)
         self._state = _DONE
 
+    def _ended(self, exc: BaseException) -> None:
+        """A step raised ``exc``: StopIteration is the return, anything else an error."""
+        self._finish(not isinstance(exc, StopIteration))
+
     def send(self, value: Any) -> Any:
         iterator = self._start()
         try:
             if value is None:
                 return next(iterator)
             return iterator.send(value)
-        except StopIteration:
-            self._finish(False)
-            raise
-        except BaseException:
-            self._finish(True)
+        except BaseException as exc:
+            self._ended(exc)
             raise
 
     def throw(self, typ: Any, value: Any = None, traceback: TracebackType | None = None) -> Any:
@@ -567,11 +568,8 @@ class _Awaiting:
         iterator = self._start()
         try:
             return _throw(iterator, typ, value, traceback)
-        except StopIteration:
-            self._finish(False)
-            raise
-        except BaseException:
-            self._finish(True)
+        except BaseException as exc:
+            self._ended(exc)
             raise
 
     def close(self) -> None:
@@ -713,59 +711,18 @@ class _AnextStep(_Awaiting):
         return self._iterator
 
     def _finish(self, error: bool) -> None:
-        # A step that returns an item leaves the query running; the end of
-        # the iteration, or an error, ends it.
+        # Closed or collected mid-way: the owner's query ends as an error.
+        running = self._state == _RUNNING
         self._state = _DONE
-
-    def send(self, value: Any) -> Any:
-        iterator = self._start()
-        try:
-            if value is None:
-                return next(iterator)
-            return iterator.send(value)
-        except StopIteration:
-            self._state = _DONE
-            raise
-        except StopAsyncIteration:
-            self._state = _DONE
-            self._owner._finish(False)
-            raise
-        except BaseException:
-            self._state = _DONE
+        if running and error:
             self._owner._finish(True)
-            raise
 
-    def throw(self, typ: Any, value: Any = None, traceback: TracebackType | None = None) -> Any:
-        if self._state == _DONE:
-            return _throw(None, typ, value, traceback)
-        iterator = self._start()
-        try:
-            return _throw(iterator, typ, value, traceback)
-        except StopIteration:
-            self._state = _DONE
-            raise
-        except StopAsyncIteration:
-            self._state = _DONE
-            self._owner._finish(False)
-            raise
-        except BaseException:
-            self._state = _DONE
-            self._owner._finish(True)
-            raise
-
-    def close(self) -> None:
-        state = self._state
-        if state == _DONE:
-            return
-        target = self._iterator if state == _RUNNING else self._awaitable
-        try:
-            close = getattr(target, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._state = _DONE
-            if state == _RUNNING:
-                self._owner._finish(True)
+    def _ended(self, exc: BaseException) -> None:
+        # A step that returns an item leaves the query running; the end of
+        # the iteration (StopAsyncIteration), or an error, ends it.
+        self._state = _DONE
+        if not isinstance(exc, StopIteration):
+            self._owner._finish(not isinstance(exc, StopAsyncIteration))
 
     def __del__(self) -> None:
         pass
