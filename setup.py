@@ -47,8 +47,8 @@ class optional_build_ext(build_ext):
 setup(
     ext_modules=[
         Extension(
-            "querymeter._core",
-            sources=["querymeter/_core.c"],
+            "querymeter.core._c",
+            sources=["querymeter/core/_c.c"],
             extra_compile_args=["-O2"] if sys.platform != "win32" else [],
         )
     ],

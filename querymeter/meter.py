@@ -148,11 +148,11 @@ def meter_class(implementation: str) -> type[Meter]:
     cls = _classes.get(implementation)
     if cls is None:
         if implementation == "c":
-            from . import _core  # raises ImportError where the C core was not built
+            from .core import _c as _core  # raises ImportError where the C core was not built
 
             base: type[Any] = _core.MeterCore
         else:
-            from . import _core_py
+            from .core import _py as _core_py
 
             base = _core_py.MeterCore
         namespace = {"__slots__": (), "__doc__": Meter.__doc__, "__module__": __name__}

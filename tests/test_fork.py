@@ -467,7 +467,7 @@ def test_a_child_forked_while_every_lock_is_held_renews_them_all(
     """A child forked while another thread holds every lock of querymeter's runs every path."""
     qs = pytest.importorskip("querymeter.sqlalchemy")
     sqlalchemy = driver("sqlalchemy")
-    from querymeter.dbapi import _counting, _sqlite3
+    from querymeter.dbapi import _classes, _connections, _sqlite3
 
     meter = instrumented_sqlite3
     engine = sqlalchemy.create_engine("sqlite://")
@@ -475,8 +475,8 @@ def test_a_child_forked_while_every_lock_is_held_renews_them_all(
     locks = [
         _faults._lock,
         dbapi._lock,
-        _counting._classes_lock,
-        _counting._connection_meters._lock,
+        _classes._classes_lock,
+        _connections._connection_meters._lock,
         _sqlite3.connection_class._lock,
         qs._lock,
         sampler._condition,

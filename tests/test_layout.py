@@ -17,8 +17,6 @@ PACKAGE = Path(querymeter.__file__).parent
 # its dotted name's prefix (the longest prefixes first).
 PARTS = {
     "querymeter._faults": "faults",
-    "querymeter._core": "core",
-    "querymeter._core_py": "core",
     "querymeter.core": "core",
     "querymeter.readings": "readings",
     "querymeter.interval": "readings",
@@ -73,7 +71,7 @@ def modules() -> dict[str, Path]:
             parts.pop()
         found[".".join(parts)] = path
     # The C core is a compiled module; its stub stands for it.
-    found["querymeter._core"] = PACKAGE / "_core.pyi"
+    found["querymeter.core._c"] = PACKAGE / "core" / "_c.pyi"
     return found
 
 

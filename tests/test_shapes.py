@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from querymeter._patching import Patch
-from querymeter.dbapi._counting import cursor_batch, cursor_call, set_connection_meter
+from querymeter.dbapi._connections import set_connection_meter
+from querymeter.dbapi._in_place import cursor_batch, cursor_call
 from querymeter.meter import Meter as MeterType
 
 from .conftest import FakeClock, check_invariants

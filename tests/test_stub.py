@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from querymeter import _core_py
+from querymeter.core import _py as _core_py
 
 from .conftest import load_meter_class
 
-STUB = Path(_core_py.__file__).with_name("_core.pyi")
+STUB = Path(_core_py.__file__).with_name("_c.pyi")
 
 
 def stub_classes() -> dict[str, dict[str, ast.FunctionDef]]:
@@ -84,7 +84,7 @@ def test_the_stub_and_the_python_twin_define_the_same_api() -> None:
 def test_the_c_module_has_every_name_of_the_stub() -> None:
     """Every class and function of the stub exists on the compiled module."""
     load_meter_class("c")
-    from querymeter import _core
+    from querymeter.core import _c as _core
 
     for class_name, functions in stub_classes().items():
         c_class = getattr(_core, class_name)
@@ -96,6 +96,6 @@ def test_the_c_module_has_every_name_of_the_stub() -> None:
 def test_the_c_module_and_the_twin_share_their_docstrings(name: str) -> None:
     """Each C type documents itself as its twin does."""
     load_meter_class("c")
-    from querymeter import _core
+    from querymeter.core import _c as _core
 
     assert inspect.getdoc(getattr(_core, name)) == inspect.getdoc(getattr(_core_py, name))

@@ -47,7 +47,7 @@ def test_the_c_core_is_in_use_when_required() -> None:
     if os.environ.get("QUERYMETER_PURE_PYTHON") == "1":
         pytest.skip("QUERYMETER_PURE_PYTHON=1 asks for the Python core")
     assert querymeter.IMPLEMENTATION == "c"
-    from querymeter import _core
+    from querymeter.core import _c as _core
 
     assert _core.__file__ is not None
     assert _core.__file__.endswith((".so", ".pyd"))

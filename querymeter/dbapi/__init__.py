@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 from .._patching import Patch
 from ..meter import Meter, meter_argument
-from ._counting import connection_meter
+from ._connections import connection_meter
 
 __all__ = [
     "SUPPORTED_DRIVERS",

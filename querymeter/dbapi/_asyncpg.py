@@ -42,17 +42,16 @@ import asyncpg.cursor  # type: ignore[import-untyped]
 import asyncpg.prepared_stmt  # type: ignore[import-untyped]
 import asyncpg.transaction  # type: ignore[import-untyped]
 
+from .._faults import report as report_fault
 from .._patching import Patch, like
 from ..meter import Meter
-from ._counting import (
-    InPlaceCounting,
-    InPlaceTarget,
+from ._connections import (
     already_counted_by_other,
     connection_meter,
     forget_connection,
-    report_fault,
     set_connection_meter,
 )
+from ._in_place import InPlaceCounting, InPlaceTarget
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 

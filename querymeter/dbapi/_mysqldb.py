@@ -27,19 +27,16 @@ import MySQLdb._mysql  # type: ignore[import-untyped]
 import MySQLdb.connections  # type: ignore[import-untyped]
 import MySQLdb.cursors  # type: ignore[import-untyped]
 
+from .._faults import report as report_fault
 from .._patching import Patch, like
 from ..meter import Meter
-from ._counting import (
-    InPlaceCounting,
-    InPlaceTarget,
+from ._connections import (
     already_counted_by_other,
     connection_meter,
-    cursor_batch,
-    cursor_call,
     forget_connection,
-    report_fault,
     set_connection_meter,
 )
+from ._in_place import InPlaceCounting, InPlaceTarget, cursor_batch, cursor_call
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
@@ -61,7 +58,7 @@ def connection_types() -> tuple[type, ...]:
 
 # ------------------------------------------------------------ counting methods
 #
-# execute, callproc and executemany: the shared makers of _counting.
+# execute, callproc and executemany: the shared makers of _in_place.
 # Connection.query: ``patch.own`` is MySQLdb's function, and a patch removed
 # while another tool's wrapper kept it in a chain becomes a pass-through.
 

@@ -25,17 +25,16 @@ from typing import Any
 
 import psycopg
 
+from .._faults import report as report_fault
 from .._patching import Patch, like
 from ..meter import Meter
-from ._counting import (
-    InPlaceCounting,
-    InPlaceTarget,
+from ._connections import (
     already_counted_by_other,
     connection_meter,
     forget_connection,
-    report_fault,
     set_connection_meter,
 )
+from ._in_place import InPlaceCounting, InPlaceTarget
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 

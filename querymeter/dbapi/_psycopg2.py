@@ -21,27 +21,23 @@ from typing import Any
 import psycopg2
 import psycopg2.extensions
 
+from .._faults import report as report_fault
 from .._patching import Patch, like
 from ..meter import Meter
-from ._counting import (
-    BASE_ATTRIBUTE,
+from ._classes import BASE_ATTRIBUTE, counted_class, counted_meter, quiet_subclass, timed
+from ._connections import (
     ConnectionClasses,
     already_counted_by_other,
     connection_meter,
-    counted_class,
-    counted_meter,
     forget_connection,
-    quiet_subclass,
-    report_fault,
     set_connection_meter,
-    tracked,
 )
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
 NAME = "psycopg2"
 CURSOR_METHODS = {
-    name: tracked
+    name: timed
     for name in ("execute", "executemany", "callproc", "copy_expert", "copy_from", "copy_to")
 }
 BASE_CONNECTION = psycopg2.extensions.connection

@@ -20,18 +20,11 @@ import pymysql
 import pymysql.connections
 import pymysql.cursors
 
+from .._faults import report as report_fault
 from .._patching import Patch, like
 from ..meter import Meter
-from ._counting import (
-    InPlaceCounting,
-    InPlaceTarget,
-    already_counted_by_other,
-    cursor_batch,
-    cursor_call,
-    forget_connection,
-    report_fault,
-    set_connection_meter,
-)
+from ._connections import already_counted_by_other, forget_connection, set_connection_meter
+from ._in_place import InPlaceCounting, InPlaceTarget, cursor_batch, cursor_call
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
@@ -47,7 +40,7 @@ def connection_types() -> tuple[type, ...]:
 
 
 # ------------------------------------------------------------ counting methods
-# execute, callproc and executemany: the shared makers of _counting.
+# execute, callproc and executemany: the shared makers of _in_place.
 
 
 def _targets() -> list[InPlaceTarget]:

@@ -20,26 +20,22 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
+from .._faults import report as report_fault
 from .._patching import Patch, like
 from ..meter import Meter
-from ._counting import (
-    BASE_ATTRIBUTE,
+from ._classes import BASE_ATTRIBUTE, counted_class, counted_meter, quiet_subclass, timed
+from ._connections import (
     ConnectionClasses,
     already_counted_by_other,
     connection_meter,
-    counted_class,
-    counted_meter,
     forget_connection,
-    quiet_subclass,
-    report_fault,
     set_connection_meter,
-    tracked,
 )
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
 NAME = "sqlite3"
-CURSOR_METHODS = {"execute": tracked, "executemany": tracked, "executescript": tracked}
+CURSOR_METHODS = {"execute": timed, "executemany": timed, "executescript": timed}
 # The connection shortcuts, and how many positional arguments each takes
 # (none by keyword): sqlite3 raises its own error for any other call.
 SHORTCUTS = {"execute": (1, 2), "executemany": (2, 2), "executescript": (1, 1)}

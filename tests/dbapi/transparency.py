@@ -10,7 +10,7 @@ import querymeter
 
 QUERYMETER = Path(querymeter.__file__).resolve().parent
 # The pure-Python core stands in for the C core, which adds no frame of its own.
-PURE_PYTHON_CORE = QUERYMETER / "_core_py.py"
+PURE_PYTHON_CORE = QUERYMETER / "core" / "_py.py"
 
 
 def outcome(action: Callable[[], Any], cursor_types: tuple[type, ...]) -> tuple[Any, ...]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from ._core_py import MeterCore, Occupancies, Token, Tracker
+from ._py import MeterCore, Occupancies, Token, Tracker
 
 __all__ = ["IMPLEMENTATION", "MeterCore", "Occupancies", "Token", "Tracker"]
 
@@ -18,7 +18,7 @@ IMPLEMENTATION = "python"
 # Strict parsing, as for every switch of ours: only "1" turns it on.
 if os.environ.get("QUERYMETER_PURE_PYTHON", "0") != "1":
     try:
-        from ._core import MeterCore, Occupancies, Token, Tracker  # type: ignore[assignment]
+        from ._c import MeterCore, Occupancies, Token, Tracker  # type: ignore[assignment]
 
         IMPLEMENTATION = "c"
     except ImportError:

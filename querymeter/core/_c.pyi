@@ -1,4 +1,4 @@
-"""The counters in C: the hot path of every query (stub; must match _core_py.py)."""
+"""The counters in C: the hot path of every query (stub; must match _py.py)."""
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType

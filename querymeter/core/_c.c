@@ -1,10 +1,10 @@
-/* querymeter._core: the counters in C, the hot path of every query.
+/* querymeter.core._c: the counters in C, the hot path of every query.
 
    Only what runs per query lives here: begin/end accounting, the consistent
    read, and the shapes the hooks compose so that every begin is paired with
    its end inside C (a call wrapper, a one-off call, a `with` tracker, an
    awaitable, an iterator, an async iterator, and occupancy counters for
-   connection pools).  All API logic is Python; _core_py.py is the twin that
+   connection pools).  All API logic is Python; _py.py is the twin that
    must behave identically.
 
    Thread safety: every critical section runs with the GIL held and makes no
@@ -24,7 +24,7 @@
 #include <time.h>
 
 #if !defined(__SIZEOF_INT128__)
-#error "querymeter._core needs a compiler with 128-bit integers (gcc or clang); the pure-Python core is used instead"
+#error "querymeter.core._c needs a compiler with 128-bit integers (gcc or clang); the pure-Python core is used instead"
 #endif
 
 typedef unsigned __int128 qm_u128;
@@ -806,7 +806,7 @@ static PyType_Slot meter_slots[] = {
 };
 
 static PyType_Spec meter_spec = {
-    .name = "querymeter._core.MeterCore",
+    .name = "querymeter.core._c.MeterCore",
     .basicsize = sizeof(MeterObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
     .slots = meter_slots,
@@ -838,7 +838,7 @@ static PyType_Slot token_slots[] = {
 
 /* Not a GC type: a token holds no references, so it cannot be part of a cycle. */
 static PyType_Spec token_spec = {
-    .name = "querymeter._core.Token",
+    .name = "querymeter.core._c.Token",
     .basicsize = sizeof(TokenObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = token_slots,
@@ -950,7 +950,7 @@ static PyType_Slot tracker_slots[] = {
 };
 
 static PyType_Spec tracker_spec = {
-    .name = "querymeter._core.Tracker",
+    .name = "querymeter.core._c.Tracker",
     .basicsize = sizeof(TrackerObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = tracker_slots,
@@ -1062,7 +1062,7 @@ static PyType_Slot timed_slots[] = {
 };
 
 static PyType_Spec timed_spec = {
-    .name = "querymeter._core.Timed",
+    .name = "querymeter.core._c.Timed",
     .basicsize = sizeof(TimedObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
              | Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_DISALLOW_INSTANTIATION,
@@ -1501,7 +1501,7 @@ static PyType_Slot awaiting_slots[] = {
 };
 
 static PyType_Spec awaiting_spec = {
-    .name = "querymeter._core.Awaiting",
+    .name = "querymeter.core._c.Awaiting",
     .basicsize = sizeof(AwaitingObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = awaiting_slots,
@@ -1655,7 +1655,7 @@ static PyType_Slot iterating_slots[] = {
 };
 
 static PyType_Spec iterating_spec = {
-    .name = "querymeter._core.Iterating",
+    .name = "querymeter.core._c.Iterating",
     .basicsize = sizeof(IteratingObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = iterating_slots,
@@ -1784,7 +1784,7 @@ static PyType_Slot async_iterating_slots[] = {
 };
 
 static PyType_Spec async_iterating_spec = {
-    .name = "querymeter._core.AsyncIterating",
+    .name = "querymeter.core._c.AsyncIterating",
     .basicsize = sizeof(AsyncIteratingObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = async_iterating_slots,
@@ -1999,7 +1999,7 @@ static PyType_Slot occupancy_timed_slots[] = {
 };
 
 static PyType_Spec occupancy_timed_spec = {
-    .name = "querymeter._core.OccupancyTimed",
+    .name = "querymeter.core._c.OccupancyTimed",
     .basicsize = sizeof(OccupancyTimedObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
              | Py_TPFLAGS_METHOD_DESCRIPTOR | Py_TPFLAGS_DISALLOW_INSTANTIATION,
@@ -2371,7 +2371,7 @@ static PyType_Slot occupancies_slots[] = {
 };
 
 static PyType_Spec occupancies_spec = {
-    .name = "querymeter._core.Occupancies",
+    .name = "querymeter.core._c.Occupancies",
     .basicsize = sizeof(OccupanciesObject),
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
     .slots = occupancies_slots,
@@ -2453,7 +2453,7 @@ static PyModuleDef_Slot module_slots[] = {
 
 static struct PyModuleDef core_module = {
     PyModuleDef_HEAD_INIT,
-    .m_name = "querymeter._core",
+    .m_name = "querymeter.core._c",
     .m_doc = "The counters in C: the hot path of every query.",
     .m_size = sizeof(module_state),
     .m_slots = module_slots,
@@ -2463,7 +2463,7 @@ static struct PyModuleDef core_module = {
 };
 
 PyMODINIT_FUNC
-PyInit__core(void)
+PyInit__c(void)
 {
     return PyModuleDef_Init(&core_module);
 }

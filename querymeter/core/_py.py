@@ -1,6 +1,6 @@
 """The counters in pure Python: the twin of the C core, with identical behaviour.
 
-Everything here mirrors ``_core.c`` in meaning: the same bookkeeping (see
+Everything here mirrors ``_c.c`` in meaning: the same bookkeeping (see
 docs/concepts.md), the same clamping of out-of-order readings, the same
 handling of a faulty injected clock, the same token rules and messages, and
 the same shapes for the hooks to compose (a call, an awaitable, an iterator,
@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Itera
 from types import TracebackType
 from typing import Any, Literal, TypeVar
 
-from . import _faults
+from .. import _faults
 
 __all__ = ["MeterCore", "Occupancies", "Token", "Tracker"]
 
@@ -87,7 +87,7 @@ class Token:
     _start_ns: int
 
     def __init__(self) -> None:
-        raise TypeError("cannot create 'querymeter._core_py.Token' instances")
+        raise TypeError("cannot create 'querymeter.core._py.Token' instances")
 
     def __repr__(self) -> str:
         ended = ", ended" if self._ended else ""
@@ -422,7 +422,7 @@ class Tracker:
     _start_ns: int
 
     def __init__(self) -> None:
-        raise TypeError("cannot create 'querymeter._core_py.Tracker' instances")
+        raise TypeError("cannot create 'querymeter.core._py.Tracker' instances")
 
     @property
     def elapsed_ns(self) -> int | None:
@@ -754,7 +754,7 @@ class Occupancies:
     _started: bool
 
     def __init__(self) -> None:
-        raise TypeError("cannot create 'querymeter._core_py.Occupancies' instances")
+        raise TypeError("cannot create 'querymeter.core._py.Occupancies' instances")
 
     def _restart(self, now: int, epoch: int) -> None:
         self._epoch = epoch
