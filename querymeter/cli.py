@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import math
 import os
 import signal
 import sys
-import textwrap
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import NamedTuple, TextIO
 
 from . import __version__, usl
 from .core import IMPLEMENTATION
@@ -32,9 +30,20 @@ from .demo import (
     run_levels,
 )
 from .meter import Meter
-from .report import COLUMNS, FitReading, Measurement, level_points, read_fit, render_html
+from .report import (
+    TEXT_WIDTH,
+    Measurement,
+    fit_text,
+    level_points,
+    read_fit,
+    render_html,
+    render_json,
+    text_header,
+    text_legend,
+    text_level,
+)
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "Command", "main"]
 
 MAX_THREADS = 256
 MAX_DURATION_S = 3600.0
@@ -43,7 +52,8 @@ EXIT_INTERRUPTED = 130
 #: The exit status when the output's reader went away (128 + SIGPIPE): what a
 #: shell reports for a program that the closed pipe's signal ended.
 EXIT_BROKEN_PIPE = 141
-WIDTH = 88
+#: Kept for importers: the report's text is wrapped to this width.
+WIDTH = TEXT_WIDTH
 
 
 def _seconds(text: str) -> float:
@@ -86,23 +96,13 @@ def _database_url(text: str) -> DatabaseURL:
         ) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="querymeter",
-        description="Count every database query with five exact counters, and read them as laws.",
-    )
-    parser.add_argument(
-        "--version", action="version", version=f"querymeter {__version__} ({IMPLEMENTATION} core)"
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    demo = commands.add_parser(
-        "demo",
-        help="measure a small workload at increasing concurrency and fit the USL",
-        description="Run a small shop workload (reads and writes on a few tables, through "
+def _add_demo_arguments(demo: argparse.ArgumentParser) -> None:
+    demo.description = (
+        "Run a small shop workload (reads and writes on a few tables, through "
         "the instrumented DB-API) at increasing concurrency; print throughput, concurrency, "
         "response time, utilization and service time per level, fit the Universal "
         "Scalability Law and say whether it describes the measurements, and write an HTML "
-        "report with charts. Ctrl-C stops the run and keeps the levels measured so far.",
+        "report with charts. Ctrl-C stops the run and keeps the levels measured so far."
     )
     demo.add_argument(
         "--dsn",
@@ -143,59 +143,40 @@ def build_parser() -> argparse.ArgumentParser:
         help="print one JSON document (the levels, the model and how well it fits) "
         "instead of the tables, for scripts and CI",
     )
-    demo.set_defaults(command_parser=demo)
+
+
+class Command(NamedTuple):
+    """A subcommand: its one-line help, what adds its arguments, and what runs it."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    #: Runs the parsed arguments; gets the subcommand's parser for usage errors,
+    #: returns the exit status.
+    run: Callable[[argparse.Namespace, argparse.ArgumentParser], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="querymeter",
+        description="Count every database query with five exact counters, and read them as laws.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"querymeter {__version__} ({IMPLEMENTATION} core)"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        subparser = commands.add_parser(name, help=command.help)
+        command.add_arguments(subparser)
+        subparser.set_defaults(command_parser=subparser)
     return parser
 
 
 # -- the terminal ------------------------------------------------------------
 
 
-def _row(threads: object, *cells: str) -> str:
-    return f"{threads!s:>8} " + " ".join(f"{cell:>13}" for cell in cells)
-
-
-def _number(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _level_line(level: Level) -> str:
-    interval = level.interval
-    return _row(
-        level.threads,
-        _number(interval.concurrency, ".2f"),
-        _number(interval.throughput, ",.0f"),
-        _number(None if interval.response_time is None else interval.response_time * 1e3, ".3f"),
-        _number(interval.utilization, ".2f"),
-        _number(None if interval.service_time is None else interval.service_time * 1e3, ".3f"),
-        f"{interval.errors:,}",
-    )
-
-
-def _measurements(levels: Sequence[Level]) -> list[Measurement]:
-    """The demo's levels as the report takes them: plain data, no workload."""
-    return [Measurement(level.threads, level.interval, level.first_error) for level in levels]
-
-
-def _first_line(text: str) -> str:
-    return text.splitlines()[0] if text else text
-
-
-def _error_line(level: Level) -> str | None:
-    if not level.interval.errors:
-        return None
-    first = f"; the first: {_first_line(level.first_error)}" if level.first_error else ""
-    return f"{'':>9}! {level.interval.errors:,} queries raised an error{first}"
-
-
-def _legend() -> str:
-    lines = ["What the columns mean:"]
-    for name, meaning in COLUMNS:
-        if name == "queries":  # a column of the report only
-            continue
-        lines.append(
-            textwrap.fill(meaning, WIDTH, initial_indent=f"  {name:<9}", subsequent_indent=" " * 11)
-        )
-    return "\n".join(lines)
+def _measurement(level: Level) -> Measurement:
+    """A demo level as the report takes it: plain data, no workload."""
+    return Measurement(level.threads, level.interval, level.first_error)
 
 
 class _ProgressLine:
@@ -228,129 +209,6 @@ class _ProgressLine:
         if self._live:
             self._stream.write("\r\x1b[K")
             self._stream.flush()
-
-
-def _paragraph(text: str, bullet: str = "", indent: str = "  ") -> str:
-    indent += bullet
-    return textwrap.fill(text, WIDTH, initial_indent=indent, subsequent_indent=" " * len(indent))
-
-
-def fit_text(model: usl.Model | None, reading: FitReading) -> str:
-    """The terminal's account of the model: what it means, or why it means nothing, and advice."""
-    out: list[str] = []
-    if model is None:
-        out.append(f"No scalability model.\n{_paragraph(reading.summary)}")
-    else:
-        r_squared = "-" if model.r_squared is None else f"{model.r_squared:.4f}"
-        out.append(
-            f"Universal Scalability Law, fitted to {model.n_points} points "
-            f"(R² {r_squared}; 1 is a perfect fit):\n{_paragraph(reading.summary)}"
-        )
-    for problem in reading.problems:
-        out.append(_paragraph(problem, "- "))
-    if model is not None and reading.describes_data:
-        peak = (
-            "none (kappa is 0)"
-            if math.isinf(model.peak_concurrency)
-            else f"{model.peak_concurrency:.1f}"
-        )
-        max_x = (
-            "unbounded"
-            if math.isinf(model.max_throughput)
-            else f"{model.max_throughput:,.0f} queries/s"
-        )
-        out.append("")
-        for name, value, meaning in (
-            ("sigma", f"{model.sigma:.4g}", "contention: the share of work done one at a time"),
-            ("kappa", f"{model.kappa:.4g}", "coherency: the cost of agreeing, per pair"),
-            ("lambda", f"{model.lam:,.0f} queries/s", "one query at a time, without overhead"),
-            ("N*", peak, "the concurrency of highest throughput"),
-            ("X max", max_x, "the highest throughput"),
-            ("limited by", model.limiting_factor, ""),
-        ):
-            out.append(f"  {name:<11} {value:<18} {meaning}".rstrip())
-        for caution in reading.cautions:
-            out.append(_paragraph(caution, "! "))
-    if reading.advice:
-        out.append("  What to do:")
-        for advice in reading.advice:
-            out.append(_paragraph(advice, "- ", "    "))
-    if model is not None and not reading.describes_data:
-        out.append(
-            _paragraph(
-                f"The fitted coefficients, for the record only: sigma {model.sigma:.4g}, "
-                f"kappa {model.kappa:.4g}, lambda {model.lam:,.0f} queries/s."
-            )
-        )
-    return "\n".join(out)
-
-
-# -- JSON ----------------------------------------------------------------------
-
-
-def _finite(value: float | None) -> float | None:
-    """JSON has no infinity: an unbounded figure is null."""
-    return None if value is None or not math.isfinite(value) else value
-
-
-def _json_document(
-    *,
-    database: str,
-    duration_s: float,
-    levels: tuple[int, ...],
-    measured: Sequence[Level],
-    model: usl.Model | None,
-    reading: FitReading,
-    interrupted: bool,
-    report: str | None,
-) -> dict[str, Any]:
-    return {
-        "querymeter": __version__,
-        "core": IMPLEMENTATION,
-        "database": database,
-        "duration_s": duration_s,
-        "levels_requested": list(levels),
-        "interrupted": interrupted,
-        "levels": [
-            {
-                "threads": level.threads,
-                "duration_ns": level.interval.duration_ns,
-                "queries": level.interval.queries,
-                "errors": level.interval.errors,
-                "total_ns": level.interval.total_ns,
-                "busy_ns": level.interval.busy_ns,
-                "concurrency": level.interval.concurrency,
-                "throughput": level.interval.throughput,
-                "response_time_s": level.interval.response_time,
-                "utilization": level.interval.utilization,
-                "service_time_s": level.interval.service_time,
-                "first_error": level.first_error,
-            }
-            for level in measured
-        ],
-        "model": None
-        if model is None
-        else {
-            "sigma": model.sigma,
-            "kappa": model.kappa,
-            "lambda": model.lam,
-            "peak_concurrency": _finite(model.peak_concurrency),
-            "max_throughput": _finite(model.max_throughput),
-            "limiting_factor": model.limiting_factor,
-            "n_points": model.n_points,
-            "r_squared": model.r_squared,
-            "at_bound": list(model.at_bound),
-            "converged": model.converged,
-        },
-        "fit": {
-            "describes_data": reading.describes_data,
-            "summary": reading.summary,
-            "problems": list(reading.problems),
-            "cautions": list(reading.cautions),
-            "advice": list(reading.advice),
-        },
-        "report": report,
-    }
 
 
 # -- the run -------------------------------------------------------------------
@@ -441,13 +299,11 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(
                 f"querymeter {__version__} demo: {database.description}, {IMPLEMENTATION} core\n"
                 f"{len(levels)} levels ({','.join(map(str, levels))} threads), "
-                f"{args.duration:g} s each\n\n{_legend()}\n",
+                f"{args.duration:g} s each\n\n{text_legend()}\n",
                 file=out,
                 flush=True,
             )
-            print(
-                _row("threads", "N", "X (queries/s)", "R (ms)", "U", "S (ms)", "errors"), file=out
-            )
+            print(text_header(), file=out)
         progress.note("creating the demo's tables...")
         try:
             database.setup()
@@ -459,9 +315,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                 progress.clear()
                 measured.append(level)
                 if human:
-                    print(_level_line(level), file=out)
-                    if (line := _error_line(level)) is not None:
-                        print(line, file=out)
+                    print(text_level(_measurement(level)), file=out)
                     out.flush()
     except KeyboardInterrupt:
         progress.clear()
@@ -474,7 +328,7 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             f"querymeter demo: interrupted; {len(measured)} of {len(levels)} levels measured",
             file=sys.stderr,
         )
-    shown = _measurements(measured)
+    shown = [_measurement(level) for level in measured]
     points = level_points(shown)
     model: usl.Model | None = None
     fit_problem: str | None = None
@@ -516,23 +370,34 @@ def run_demo(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             print(f"querymeter demo: cannot write the report: {exc}", file=sys.stderr)
             status = 1
     if args.json:
-        document = _json_document(
+        document = render_json(
+            shown,
+            model,
+            version=__version__,
+            implementation=IMPLEMENTATION,
             database=database.description,
             duration_s=args.duration,
-            levels=levels,
-            measured=measured,
-            model=model,
-            reading=reading,
+            levels_requested=levels,
             interrupted=interrupted,
             report=written,
+            reading=reading,
         )
-        json.dump(document, out, indent=2, allow_nan=False)
-        print(file=out)
+        print(document, file=out)
     elif written is not None:
         print(f"\nreport: {written}", file=out)
     elif report_path is not None:
         print("\nno report: no level was measured", file=out)
     return EXIT_INTERRUPTED if interrupted else status
+
+
+#: The subcommands, in the order ``--help`` lists them.
+COMMANDS: dict[str, Command] = {
+    "demo": Command(
+        "measure a small workload at increasing concurrency and fit the USL",
+        _add_demo_arguments,
+        run_demo,
+    ),
+}
 
 
 def _main(argv: Sequence[str] | None) -> int:
@@ -542,10 +407,8 @@ def _main(argv: Sequence[str] | None) -> int:
         # parse_args() would blame the program's usage; the command's is the helpful one.
         command_parser: argparse.ArgumentParser = getattr(args, "command_parser", parser)
         command_parser.error(f"unrecognized arguments: {' '.join(extras)}")
-    if args.command == "demo":
-        return run_demo(args, args.command_parser)
-    parser.error(f"unknown command {args.command!r}")  # unreachable: argparse checks it
-    return 2
+    command = COMMANDS[args.command]  # argparse accepts no other name
+    return command.run(args, args.command_parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
