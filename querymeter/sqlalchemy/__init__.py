@@ -39,7 +39,7 @@ from .. import _faults
 from .._patching import Patch
 from ..meter import Meter, meter_argument
 from ._engine import Instrumentation, state_of
-from ._figures import PoolInterval, PoolSnapshot
+from ._pool_readings import PoolInterval, PoolSnapshot
 
 __all__ = [
     "PoolInterval",

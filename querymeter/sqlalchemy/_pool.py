@@ -42,7 +42,7 @@ from sqlalchemy.util import queue as sa_queue
 from .. import _faults
 from .._patching import Patch, like
 from ..meter import Meter
-from ._figures import PoolSnapshot
+from ._pool_readings import PoolSnapshot
 
 __all__ = ["PoolAccounting"]
 
