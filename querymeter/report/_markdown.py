@@ -111,7 +111,8 @@ def _model(model: Model | None, reading: FitReading) -> list[str]:
         lines.append("")
         if not reading.describes_data:
             lines += ["The fitted coefficients, for the record only:", ""]
-        lines += ["| | |", "|:---|---:|", *(f"| {name} | {value} |" for name, value in rows)]
+        lines += ["| | |", "|:---|---:|"]
+        lines += [f"| {_escape(name)} | {value} |" for name, value in rows]
     if reading.cautions:
         lines += ["", *_bullets(reading.cautions)]
     if reading.advice:
