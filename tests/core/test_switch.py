@@ -10,7 +10,7 @@ import pytest
 
 import querymeter
 
-from .conftest import REQUIRE_C, load_meter_class
+from ..conftest import REQUIRE_C, load_meter_class
 
 
 def implementation_with(value: str | None) -> str:

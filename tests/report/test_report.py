@@ -16,11 +16,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from querymeter.cli import fit_text
-from querymeter.report import Measurement, level_points, nice_ticks, read_fit, render_html
+from querymeter.report import (
+    Measurement,
+    fit_text,
+    level_points,
+    nice_ticks,
+    read_fit,
+    render_html,
+)
 from querymeter.usl import Model, fit
 
-from .conftest import load_meter_class
+from ..conftest import load_meter_class
 
 SVG = "{http://www.w3.org/2000/svg}"
 
@@ -138,7 +144,7 @@ def test_nice_ticks_refuse_a_non_finite_range() -> None:
 
 # -- reading a fit -------------------------------------------------------------
 
-DATA = Path(__file__).parent / "data" / "usl"
+DATA = Path(__file__).resolve().parent.parent / "data" / "usl"
 
 #: Six levels measured by the SQLite demo on a two-core machine, (N, X): the
 #: first level was the fastest, and no USL curve follows them.

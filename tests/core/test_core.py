@@ -17,7 +17,7 @@ import querymeter
 from querymeter import Snapshot
 from querymeter.meter import Meter as MeterType
 
-from .conftest import FakeClock, check_invariants, load_meter_class
+from ..conftest import FakeClock, check_invariants, load_meter_class
 
 # ---------------------------------------------------------------- the oracle
 

@@ -20,7 +20,7 @@ import querymeter
 from querymeter import usl
 from querymeter.demo import parse_database_url
 
-from .servers import MYSQL, driver, mysql_params, postgres_dsn
+from ..servers import MYSQL, driver, mysql_params, postgres_dsn
 
 QUICK = ["--duration", "0.3", "--levels", "1,2,4"]
 COLUMN_NAMES = ("threads", "N", "X", "R", "U", "S", "errors")

@@ -10,7 +10,7 @@ import pytest
 
 from querymeter.core import _py as _core_py
 
-from .conftest import load_meter_class
+from ..conftest import load_meter_class
 
 STUB = Path(_core_py.__file__).with_name("_c.pyi")
 
@@ -92,7 +92,9 @@ def test_the_c_module_has_every_name_of_the_stub() -> None:
             assert hasattr(c_class, name), f"{class_name}.{name} missing in C"
 
 
-@pytest.mark.parametrize("name", ["MeterCore", "Token", "Tracker", "Occupancies"])
+@pytest.mark.parametrize(
+    "name", ["MeterCore", "Token", "Tracker", "Occupancies", "Statements", "Sampling"]
+)
 def test_the_c_module_and_the_twin_share_their_docstrings(name: str) -> None:
     """Each C type documents itself as its twin does."""
     load_meter_class("c")

@@ -1,4 +1,4 @@
-"""querymeter.usl: published fits, an independent scipy oracle, properties, edge cases.
+"""querymeter.usl's Model and fit: published fits, properties, edge cases.
 
 Published values are quoted verbatim from the projects' own files (repository,
 path and the commit of the stored copy that was read), next to the assertion
@@ -11,13 +11,11 @@ its numbers are compared with ``linearized_estimate(points, lam=X(1))``.
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
@@ -26,18 +24,14 @@ from hypothesis import strategies as st
 from querymeter import usl
 from querymeter.usl import Model, _lsq, fit, linearized_estimate, t_quantile
 
-DATA = Path(__file__).resolve().parent / "data" / "usl"
+from .data import load
+
 HYPOTHESIS = settings(
     database=None,  # keep the work tree free of .hypothesis/
     deadline=None,
     max_examples=150,
     suppress_health_check=[HealthCheck.too_slow],
 )
-
-
-def load(name: str) -> list[tuple[float, float]]:
-    with (DATA / name).open(newline="") as fh:
-        return [(float(row["N"]), float(row["X"])) for row in csv.DictReader(fh)]
 
 
 def assert_published(ours: float, printed: str, rel: float = 1e-4) -> None:
@@ -331,70 +325,6 @@ def test_limiting_factor_rule_differs_from_codahale_on_cisco() -> None:
     n = m.peak_concurrency
     assert m.kappa * n * (n - 1) > m.sigma * (n - 1)
     assert m.limiting_factor == "coherency"
-
-
-# ---------------------------------------------------------------------------
-# Independent oracle: scipy.optimize.least_squares with bounds
-# ---------------------------------------------------------------------------
-
-DATASETS = [
-    "specsdm91.csv",
-    "specsdm91_rounded.csv",
-    "cisco.csv",
-    "raytracer.csv",
-    "usl_r_synthetic.csv",
-]
-
-
-def scipy_fit(points: list[tuple[float, float]], lam: float | None) -> tuple[list[float], float]:
-    np = pytest.importorskip("numpy")
-    optimize = pytest.importorskip("scipy.optimize")
-    n = np.array([p[0] for p in points])
-    x = np.array([p[1] for p in points])
-
-    def curve(s: float, k: float, lam_: float) -> Any:
-        return lam_ * n / (1 + s * (n - 1) + k * n * (n - 1))
-
-    def jac3(p: list[float]) -> Any:
-        s, k, lam_ = p
-        d = 1 + s * (n - 1) + k * n * (n - 1)
-        return np.c_[lam_ * n * (n - 1) / d**2, lam_ * n * n * (n - 1) / d**2, -n / d]
-
-    best = None
-    for s0, k0 in ((0.01, 1e-4), (0.1, 1e-3), (0.0, 0.0)):
-        if lam is None:
-            res = optimize.least_squares(
-                lambda p: x - curve(*p), [s0, k0, float(np.max(x / n))], jac=jac3,
-                bounds=([0, 0, 0], [1, 1, np.inf]), x_scale="jac",
-                xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=10_000,
-            )  # fmt: skip
-        else:
-            res = optimize.least_squares(
-                lambda p: x - curve(p[0], p[1], lam), [s0, k0],
-                jac=lambda p: jac3([p[0], p[1], lam])[:, :2],
-                bounds=([0, 0], [1, 1]), x_scale="jac",
-                xtol=1e-15, ftol=1e-15, gtol=1e-15, max_nfev=10_000,
-            )  # fmt: skip
-        if best is None or res.cost < best.cost:
-            best = res
-    assert best is not None
-    return [float(v) for v in best.x], 2 * float(best.cost)
-
-
-@pytest.mark.parametrize("name", DATASETS)
-@pytest.mark.parametrize("fixed", [False, True], ids=["lam-free", "lam-fixed"])
-def test_scipy_oracle_agrees(name: str, fixed: bool) -> None:
-    """scipy's bounded least_squares finds the same coefficients and sum of squares."""
-    pts = load(name)
-    lam = pts[0][1] if fixed else None
-    m = fit(pts, lam=lam)
-    coef, sse = scipy_fit(pts, lam)
-    assert m.sse == pytest.approx(sse, rel=1e-9, abs=1e-20)
-    assert m.sigma == pytest.approx(coef[0], rel=1e-6, abs=1e-12)
-    assert m.kappa == pytest.approx(coef[1], rel=1e-6, abs=1e-12)
-    if not fixed:
-        assert m.lam == pytest.approx(coef[2], rel=1e-6)
-    assert m.converged
 
 
 # ---------------------------------------------------------------------------
@@ -846,47 +776,6 @@ def test_model_built_by_hand_has_no_statistics() -> None:
     m = Model(sigma=0.02, kappa=1e-4, lam=90.0)
     assert m.sse is None and m.r_squared is None and m.sigma_ci is None
     assert m.peak_concurrency == pytest.approx(math.sqrt(0.98 / 1e-4))
-
-
-# ---------------------------------------------------------------------------
-# Student's t quantile
-# ---------------------------------------------------------------------------
-
-T_PROBS = [1e-12, 1e-6, 1e-3, 0.01, 0.025, 0.05, 0.1, 0.25, 0.4, 0.6, 0.75, 0.9, 0.95,
-           0.975, 0.99, 0.999, 1 - 1e-6]  # fmt: skip
-T_DFS = [0.5, 1, 1.5, 2, 3, 4, 5, 8, 10, 19.5, 20, 21, 30, 100, 1e3, 1e4, 1e5]
-
-
-@pytest.mark.parametrize("df", T_DFS)
-def test_t_quantile_matches_scipy(df: float) -> None:
-    """t_quantile agrees with scipy.stats.t.ppf to 1e-11 relative."""
-    stats = pytest.importorskip("scipy.stats")
-    for p in T_PROBS:
-        assert t_quantile(p, df) == pytest.approx(float(stats.t.ppf(p, df)), rel=1e-11)
-
-
-def test_t_quantile_closed_forms() -> None:
-    """For df = 1 (Cauchy) and df = 2 the quantile has a closed form, matched to 1e-13."""
-    for p in (1e-9, 0.01, 0.3, 0.4999, 0.5001, 0.8, 0.975, 1 - 1e-9):
-        # tan(pi (p - 1/2)) written as -+cot(pi min(p, 1 - p)), accurate in the tails.
-        cauchy = -1 / math.tan(math.pi * p) if p < 0.5 else 1 / math.tan(math.pi * (1 - p))
-        assert t_quantile(p, 1) == pytest.approx(cauchy, rel=1e-13)
-        exact = (2 * p - 1) / math.sqrt(2 * p * (1 - p))
-        assert t_quantile(p, 2) == pytest.approx(exact, rel=1e-13)
-    assert t_quantile(0.5, 7) == 0.0
-
-
-def test_t_quantile_known_values() -> None:
-    """Textbook values: t(0.975, 8) = 2.306004, t(0.95, 10) = 1.812461."""
-    assert t_quantile(0.975, 8) == pytest.approx(2.306004135204166, rel=1e-13)
-    assert t_quantile(0.95, 10) == pytest.approx(1.812461122811676, rel=1e-13)
-
-
-@pytest.mark.parametrize(("p", "df"), [(0.0, 5), (1.0, 5), (0.5, 0), (0.5, -1), (0.5, math.inf)])
-def test_t_quantile_rejects_invalid_arguments(p: float, df: float) -> None:
-    """p outside (0, 1) or df not finite and positive is a ValueError."""
-    with pytest.raises(ValueError, match="must be"):
-        t_quantile(p, df)
 
 
 # ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from querymeter.dbapi._connections import set_connection_meter
 from querymeter.dbapi._in_place import cursor_batch, cursor_call
 from querymeter.meter import Meter as MeterType
 
-from .conftest import FakeClock, check_invariants
+from ..conftest import FakeClock, check_invariants
 
 
 class Boom(Exception):
