@@ -9,16 +9,31 @@ from __future__ import annotations
 
 import os
 
-from ._py import MeterCore, Occupancies, Token, Tracker
+from ._py import MeterCore, Occupancies, Sampling, Statements, Token, Tracker
 
-__all__ = ["IMPLEMENTATION", "MeterCore", "Occupancies", "Token", "Tracker"]
+__all__ = [
+    "IMPLEMENTATION",
+    "MeterCore",
+    "Occupancies",
+    "Sampling",
+    "Statements",
+    "Token",
+    "Tracker",
+]
 
 IMPLEMENTATION = "python"
 
 # Strict parsing, as for every switch of ours: only "1" turns it on.
 if os.environ.get("QUERYMETER_PURE_PYTHON", "0") != "1":
     try:
-        from ._c import MeterCore, Occupancies, Token, Tracker  # type: ignore[assignment]
+        from ._c import (  # type: ignore[assignment]
+            MeterCore,
+            Occupancies,
+            Sampling,
+            Statements,
+            Token,
+            Tracker,
+        )
 
         IMPLEMENTATION = "c"
     except ImportError:

@@ -59,6 +59,9 @@ typedef struct {
     PyTypeObject *async_iterating_type;
     PyTypeObject *occupancies_type;
     PyTypeObject *occupancy_timed_type;
+    PyTypeObject *entry_type;
+    PyTypeObject *statements_type;
+    PyTypeObject *sampling_type;
 } module_state;
 
 typedef struct {
@@ -68,6 +71,8 @@ typedef struct {
     uint64_t epoch;    /* advanced by _reset() after fork: older tokens go inert */
     uint64_t meter_id; /* identity stamped on every reading; new after fork */
     PyObject *clock;   /* NULL: the built-in monotonic clock */
+    PyObject *statements;  /* a Statements the meter records into, or NULL */
+    PyObject *sampling;    /* a Sampling the meter offers queries to, or NULL */
     int initialized;
     PyTypeObject *token_type;    /* cached: no module-state lookup per query */
     PyTypeObject *tracker_type;
@@ -91,6 +96,7 @@ typedef struct {
     uint64_t elapsed_ns;
     int has_elapsed;  /* whether a block has ended */
     int entered;
+    PyObject *sql;    /* the block's statement text, or NULL */
 } TrackerObject;
 
 typedef struct {
@@ -98,6 +104,8 @@ typedef struct {
     MeterObject *meter;
     PyObject *func;
     vectorcallfunc func_vectorcall;
+    PyObject *dialect;   /* with `statement`: the dialect of its text, or NULL */
+    int statement;       /* the call's statement is (cursor, sql, params, ...) */
     PyObject *dict;
     PyObject *weakreflist;
     vectorcallfunc vectorcall;
@@ -410,6 +418,90 @@ u128_to_pylong(qm_u128 value)
     return result;
 }
 
+#include "_statements.c"
+
+static module_state *state_of_meter(MeterObject *m);
+
+/* The statement of a query whose shape holds one as (dialect, sql, params). */
+static inline const statement_ref *
+statement_of_tuple(PyObject *statement, statement_ref *st)
+{
+    if (statement == NULL) {
+        return NULL;
+    }
+    st->dialect = PyTuple_GET_ITEM(statement, 0);
+    st->sql = PyTuple_GET_ITEM(statement, 1);
+    st->params = PyTuple_GET_ITEM(statement, 2);
+    st->rows_from = NULL;
+    return st;
+}
+
+static int
+name_in(PyObject *name, const char *const *names)
+{
+    for (; *names != NULL; names++) {
+        if (PyUnicode_CompareWithASCIIString(name, *names) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The statement of a DB-API call (cursor, sql, params, ...): the shape of
+   cursor.execute, executemany, callproc and of SQLAlchemy's do_execute; the
+   cursor is where its rowcount is read.  Text and parameters passed by
+   keyword are found by the names the drivers give them. */
+static const statement_ref *
+statement_of_call(PyObject *dialect, PyObject *const *args, Py_ssize_t nargs,
+                  PyObject *kwnames, statement_ref *st)
+{
+    static const char *const sql_names[] = {"sql", "query", "operation", "statement",
+                                            "sql_script", "procname", NULL};
+    static const char *const params_names[] = {"parameters", "params", "args", "vars",
+                                               "seq_of_parameters", NULL};
+    st->dialect = dialect;
+    st->rows_from = nargs >= 1 ? args[0] : NULL;
+    st->sql = nargs >= 2 ? args[1] : NULL;
+    st->params = nargs >= 3 ? args[2] : NULL;
+    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t i = 0; i < nkw && (st->sql == NULL || st->params == NULL); i++) {
+        PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+        if (st->sql == NULL && name_in(name, sql_names)) {
+            st->sql = args[nargs + i];
+        }
+        else if (st->params == NULL && name_in(name, params_names)) {
+            st->params = args[nargs + i];
+        }
+    }
+    return st;
+}
+
+static inline int
+observing(MeterObject *m)
+{
+    return m->statements != NULL || m->sampling != NULL;
+}
+
+/* query_end, then the query observed (statement table, sampling) if the
+   meter counted it and observes anything.  -1 with an exception set if the
+   clock or the observing was interrupted; the query has ended all the same. */
+static int
+query_end_observed(MeterObject *m, int64_t start, uint64_t epoch, int error,
+                   uint64_t *elapsed_out, const statement_ref *st, PyObject *error_type)
+{
+    uint64_t elapsed = 0;
+    int counted = epoch == m->epoch;
+    int status = query_end(m, start, epoch, error, &elapsed);
+    if (elapsed_out != NULL) {
+        *elapsed_out = elapsed;
+    }
+    if (counted && observing(m)
+        && observe(m->statements, m->sampling, st, elapsed, error, error_type) < 0) {
+        status = -1;
+    }
+    return status;
+}
+
 /* ------------------------------------------------------------ MeterCore */
 
 /* tp_new sets up everything the hot path needs, so that a meter whose
@@ -430,6 +522,8 @@ meter_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwa
     self->tracker_type = (PyTypeObject *)Py_NewRef(state->tracker_type);
     self->timed_type = (PyTypeObject *)Py_NewRef(state->timed_type);
     self->clock = NULL;
+    self->statements = NULL;
+    self->sampling = NULL;
     self->serial = next_serial++;
     self->epoch = 0;
     self->meter_id = 0;
@@ -479,6 +573,8 @@ meter_traverse(MeterObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->clock);
+    Py_VISIT(self->statements);
+    Py_VISIT(self->sampling);
     return 0;
 }
 
@@ -486,6 +582,8 @@ static int
 meter_clear(MeterObject *self)
 {
     Py_CLEAR(self->clock);
+    Py_CLEAR(self->statements);
+    Py_CLEAR(self->sampling);
     return 0;
 }
 
@@ -579,7 +677,7 @@ meter_end(MeterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
        another thread could try to end the same token meanwhile. */
     token->ended = 1;
     uint64_t elapsed = 0;
-    if (query_end(self, token->start_ns, token->epoch, error, &elapsed) < 0) {
+    if (query_end_observed(self, token->start_ns, token->epoch, error, &elapsed, NULL, NULL) < 0) {
         return NULL;
     }
     return PyLong_FromUnsignedLongLong(elapsed);
@@ -685,8 +783,18 @@ static PyGetSetDef meter_getset[] = {
 };
 
 static PyObject *
-meter_track(MeterObject *self, PyObject *Py_UNUSED(ignored))
+meter_track(MeterObject *self, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"sql", NULL};
+    PyObject *sql = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O:track", kwlist, &sql)) {
+        return NULL;
+    }
+    if (sql != Py_None && !PyUnicode_Check(sql)) {
+        PyErr_Format(PyExc_TypeError, "sql must be a str or None, not %.200s",
+                     Py_TYPE(sql)->tp_name);
+        return NULL;
+    }
     TrackerObject *tracker = PyObject_GC_New(TrackerObject, self->tracker_type);
     if (tracker == NULL) {
         return NULL;
@@ -697,6 +805,7 @@ meter_track(MeterObject *self, PyObject *Py_UNUSED(ignored))
     tracker->elapsed_ns = 0;
     tracker->has_elapsed = 0;
     tracker->entered = 0;
+    tracker->sql = sql == Py_None ? NULL : Py_NewRef(sql);
     PyObject_GC_Track(tracker);
     return (PyObject *)tracker;
 }
@@ -719,10 +828,43 @@ meter_timed(MeterObject *self, PyObject *func)
     timed->meter = (MeterObject *)Py_NewRef(self);
     timed->func = Py_NewRef(func);
     timed->func_vectorcall = PyVectorcall_Function(func);
+    timed->dialect = NULL;
+    timed->statement = 0;
     timed->dict = NULL;
     timed->weakreflist = NULL;
     timed->vectorcall = timed_vectorcall;
     PyObject_GC_Track(timed);
+    return (PyObject *)timed;
+}
+
+static int
+check_dialect(PyObject *dialect)
+{
+    if (dialect != Py_None && !PyUnicode_CheckExact(dialect)) {
+        PyErr_Format(PyExc_TypeError, "dialect must be a str or None, not %.200s",
+                     Py_TYPE(dialect)->tp_name);
+        return -1;
+    }
+    return 0;
+}
+
+/* _timed_statement(func, dialect): _timed for a DB-API method whose calls
+   are (cursor, sql, params, ...): each call is also observed under its text. */
+static PyObject *
+meter_timed_statement(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_timed_statement() takes func and dialect");
+        return NULL;
+    }
+    if (check_dialect(args[1]) < 0) {
+        return NULL;
+    }
+    TimedObject *timed = (TimedObject *)meter_timed(self, args[0]);
+    if (timed != NULL) {
+        timed->dialect = Py_NewRef(args[1]);
+        timed->statement = 1;
+    }
     return (PyObject *)timed;
 }
 
@@ -741,16 +883,105 @@ meter_call(MeterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         return NULL;
     }
     PyObject *result = PyObject_Vectorcall(args[0], args + 1, (size_t)(nargs - 1), kwnames);
-    if (query_end(self, start, epoch, result == NULL, NULL) < 0) {
+    if (query_end_observed(self, start, epoch, result == NULL, NULL, NULL, NULL) < 0) {
         Py_XDECREF(result);
         return NULL;
     }
     return result;
 }
 
-static PyObject *meter_awaiting(MeterObject *self, PyObject *awaitable);
-static PyObject *meter_iterating(MeterObject *self, PyObject *iterable);
-static PyObject *meter_async_iterating(MeterObject *self, PyObject *iterator);
+/* _call_statement(dialect, func, /, *args, **kwargs): _call for a DB-API
+   call (cursor, sql, params, ...), also observed under its text. */
+static PyObject *
+meter_call_statement(MeterObject *self, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames)
+{
+    if (nargs < 2) {
+        PyErr_SetString(PyExc_TypeError, "_call_statement() missing required arguments");
+        return NULL;
+    }
+    PyObject *dialect = args[0];
+    if (check_dialect(dialect) < 0) {
+        return NULL;
+    }
+    int64_t start;
+    uint64_t epoch;
+    if (query_begin(self, &start, &epoch) < 0) {
+        return NULL;
+    }
+    PyObject *const *call_args = args + 2;
+    Py_ssize_t call_nargs = nargs - 2;
+    PyObject *result = PyObject_Vectorcall(args[1], call_args, (size_t)call_nargs, kwnames);
+    statement_ref st;
+    const statement_ref *stp = NULL;
+    if (observing(self)) {
+        stp = statement_of_call(dialect, call_args, call_nargs, kwnames, &st);
+    }
+    if (query_end_observed(self, start, epoch, result == NULL, NULL, stp, NULL) < 0) {
+        Py_XDECREF(result);
+        return NULL;
+    }
+    return result;
+}
+
+/* _observe(statements, sampling): what the meter observes of each query it
+   counts from now on (None: nothing). */
+static PyObject *
+meter_observe(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_observe() takes statements and sampling");
+        return NULL;
+    }
+    module_state *state = state_of_meter(self);
+    if (state == NULL) {
+        return NULL;
+    }
+    if (args[0] != Py_None && !Py_IS_TYPE(args[0], state->statements_type)) {
+        PyErr_SetString(PyExc_TypeError, "statements must be a Statements or None");
+        return NULL;
+    }
+    if (args[1] != Py_None && !Py_IS_TYPE(args[1], state->sampling_type)) {
+        PyErr_SetString(PyExc_TypeError, "sampling must be a Sampling or None");
+        return NULL;
+    }
+    Py_XSETREF(self->statements, args[0] == Py_None ? NULL : Py_NewRef(args[0]));
+    Py_XSETREF(self->sampling, args[1] == Py_None ? NULL : Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
+static PyObject *meter_awaiting(MeterObject *self, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *meter_iterating(MeterObject *self, PyObject *const *args, Py_ssize_t nargs);
+static PyObject *meter_async_iterating(MeterObject *self, PyObject *const *args,
+                                       Py_ssize_t nargs);
+
+/* A shape's arguments: (target, statement=None), the statement a tuple
+   (dialect, sql, params).  *statement is NULL for None.  -1 on bad input. */
+static int
+shape_arguments(const char *name, PyObject *const *args, Py_ssize_t nargs,
+                PyObject **target, PyObject **statement)
+{
+    if (nargs < 1 || nargs > 2) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 1 or 2 positional arguments (%zd given)",
+                     name, nargs);
+        return -1;
+    }
+    *target = args[0];
+    *statement = NULL;
+    if (nargs == 2 && args[1] != Py_None) {
+        PyObject *st = args[1];
+        if (!PyTuple_CheckExact(st) || PyTuple_GET_SIZE(st) != 3) {
+            PyErr_Format(PyExc_TypeError,
+                         "%s(): statement must be a tuple (dialect, sql, params) or None", name);
+            return -1;
+        }
+        if (check_dialect(PyTuple_GET_ITEM(st, 0)) < 0) {
+            return -1;
+        }
+        *statement = st;
+    }
+    return 0;
+}
 static PyObject *meter_occupancies(MeterObject *self, PyObject *count);
 
 static PyMethodDef meter_methods[] = {
@@ -759,22 +990,33 @@ static PyMethodDef meter_methods[] = {
     {"end", (PyCFunction)(void (*)(void))meter_end, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("end(token, error=False) -> int\n\n"
                "End the query that begin() returned `token` for; return its elapsed ns.")},
-    {"track", (PyCFunction)meter_track, METH_NOARGS,
-     PyDoc_STR("track() -> context manager counting its block as one query.")},
+    {"track", (PyCFunction)(void (*)(void))meter_track, METH_VARARGS | METH_KEYWORDS,
+     PyDoc_STR("track(sql=None) -> context manager counting its block as one query.")},
     {"_timed", (PyCFunction)meter_timed, METH_O,
      PyDoc_STR("_timed(func) -> callable counting each call of func as one query.")},
     {"_call", (PyCFunction)(void (*)(void))meter_call, METH_FASTCALL | METH_KEYWORDS,
      PyDoc_STR("_call(func, /, *args, **kwargs) -> result\n\n"
                "Call func(*args, **kwargs), counted as one query.")},
-    {"_awaiting", (PyCFunction)meter_awaiting, METH_O,
-     PyDoc_STR("_awaiting(awaitable) -> awaitable counted as one query from its first step "
-               "to its end.")},
-    {"_iterating", (PyCFunction)meter_iterating, METH_O,
-     PyDoc_STR("_iterating(iterator) -> iterator counted as one query from the first item "
-               "to its end.")},
-    {"_async_iterating", (PyCFunction)meter_async_iterating, METH_O,
-     PyDoc_STR("_async_iterating(iterator) -> async iterator counted as one query, first "
-               "item to end.")},
+    {"_timed_statement", (PyCFunction)(void (*)(void))meter_timed_statement, METH_FASTCALL,
+     PyDoc_STR("_timed_statement(func, dialect) -> callable\n\n"
+               "_timed for a DB-API method (cursor, sql, params, ...): also observed under its text.")},
+    {"_call_statement", (PyCFunction)(void (*)(void))meter_call_statement,
+     METH_FASTCALL | METH_KEYWORDS,
+     PyDoc_STR("_call_statement(dialect, func, /, *args, **kwargs) -> result\n\n"
+               "Call func(*args, **kwargs), a DB-API call (cursor, sql, params, ...), "
+               "counted as one query and observed under its text.")},
+    {"_observe", (PyCFunction)(void (*)(void))meter_observe, METH_FASTCALL,
+     PyDoc_STR("_observe(statements, sampling) -> None\n\n"
+               "What the meter observes of each query it counts from now on (None: nothing).")},
+    {"_awaiting", (PyCFunction)(void (*)(void))meter_awaiting, METH_FASTCALL,
+     PyDoc_STR("_awaiting(awaitable, statement=None, /) -> awaitable counted as one query "
+               "from its first step to its end.")},
+    {"_iterating", (PyCFunction)(void (*)(void))meter_iterating, METH_FASTCALL,
+     PyDoc_STR("_iterating(iterator, statement=None, /) -> iterator counted as one query "
+               "from the first item to its end.")},
+    {"_async_iterating", (PyCFunction)(void (*)(void))meter_async_iterating, METH_FASTCALL,
+     PyDoc_STR("_async_iterating(iterator, statement=None, /) -> async iterator counted as "
+               "one query, first item to end.")},
     {"_occupancies", (PyCFunction)meter_occupancies, METH_O,
      PyDoc_STR("_occupancies(count) -> Occupancies: `count` occupancy counters on this "
                "meter's clock.")},
@@ -851,6 +1093,7 @@ tracker_traverse(TrackerObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->meter);
+    Py_VISIT(self->sql);
     return 0;
 }
 
@@ -858,6 +1101,7 @@ static int
 tracker_clear(TrackerObject *self)
 {
     Py_CLEAR(self->meter);
+    Py_CLEAR(self->sql);
     return 0;
 }
 
@@ -909,7 +1153,9 @@ tracker_exit(TrackerObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     int error = args[0] != Py_None;
     self->entered = 0;
-    int status = query_end(self->meter, self->start_ns, self->epoch, error, &self->elapsed_ns);
+    statement_ref st = {NULL, self->sql, NULL, NULL};
+    int status = query_end_observed(self->meter, self->start_ns, self->epoch, error,
+                                    &self->elapsed_ns, &st, error ? args[0] : NULL);
     self->has_elapsed = 1;
     if (status < 0) {
         return NULL;
@@ -982,7 +1228,12 @@ timed_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         result = PyObject_Vectorcall(self->func, args, nargsf, kwnames);
     }
 
-    if (query_end(m, start, epoch, result == NULL, NULL) < 0) {
+    statement_ref st;
+    const statement_ref *stp = NULL;
+    if (self->statement && observing(m)) {
+        stp = statement_of_call(self->dialect, args, PyVectorcall_NARGS(nargsf), kwnames, &st);
+    }
+    if (query_end_observed(m, start, epoch, result == NULL, NULL, stp, NULL) < 0) {
         Py_XDECREF(result);
         return NULL;
     }
@@ -1004,6 +1255,7 @@ timed_traverse(TimedObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->meter);
     Py_VISIT(self->func);
+    Py_VISIT(self->dialect);
     Py_VISIT(self->dict);
     return 0;
 }
@@ -1013,6 +1265,7 @@ timed_clear(TimedObject *self)
 {
     Py_CLEAR(self->meter);
     Py_CLEAR(self->func);
+    Py_CLEAR(self->dialect);
     Py_CLEAR(self->dict);
     return 0;
 }
@@ -1184,6 +1437,7 @@ typedef struct {
     PyObject *awaitable;              /* what was given */
     PyObject *iterator;               /* what the await iterates, from the first step */
     AsyncIteratingObject *owner;      /* MODE_STEP only */
+    PyObject *statement;              /* (dialect, sql, params) or NULL */
     int mode;
     int state;
     int64_t start_ns;
@@ -1194,6 +1448,7 @@ struct AsyncIteratingObject {
     PyObject_HEAD
     MeterObject *meter;
     PyObject *iterator;
+    PyObject *statement;              /* (dialect, sql, params) or NULL */
     PyTypeObject *awaiting_type;
     int state;
     int64_t start_ns;
@@ -1207,7 +1462,9 @@ async_iterating_finish(AsyncIteratingObject *self, int error)
     int running = self->state == RUNNING;
     self->state = DONE;
     if (running) {
-        return query_end(self->meter, self->start_ns, self->epoch, error, NULL);
+        statement_ref st;
+        return query_end_observed(self->meter, self->start_ns, self->epoch, error, NULL,
+                                  statement_of_tuple(self->statement, &st), NULL);
     }
     return 0;
 }
@@ -1274,7 +1531,9 @@ awaiting_finish(AwaitingObject *self, int raised)
         return 0;
     }
     if (self->mode == MODE_QUERY) {
-        return query_end(self->meter, self->start_ns, self->epoch, raised, NULL);
+        statement_ref st;
+        return query_end_observed(self->meter, self->start_ns, self->epoch, raised, NULL,
+                                  statement_of_tuple(self->statement, &st), NULL);
     }
     if (!raised) {
         /* One item of the iteration: the query goes on. */
@@ -1382,7 +1641,9 @@ awaiting_close(AwaitingObject *self, PyObject *Py_UNUSED(ignored))
     int status = 0;
     if (running) {
         if (self->mode == MODE_QUERY) {
-            status = query_end(self->meter, self->start_ns, self->epoch, 1, NULL);
+            statement_ref st;
+            status = query_end_observed(self->meter, self->start_ns, self->epoch, 1, NULL,
+                                        statement_of_tuple(self->statement, &st), NULL);
         }
         else {
             status = async_iterating_finish(self->owner, 1);
@@ -1409,6 +1670,7 @@ awaiting_traverse(AwaitingObject *self, visitproc visit, void *arg)
     Py_VISIT(self->awaitable);
     Py_VISIT(self->iterator);
     Py_VISIT(self->owner);
+    Py_VISIT(self->statement);
     return 0;
 }
 
@@ -1419,6 +1681,7 @@ awaiting_clear(AwaitingObject *self)
     Py_CLEAR(self->awaitable);
     Py_CLEAR(self->iterator);
     Py_CLEAR(self->owner);
+    Py_CLEAR(self->statement);
     return 0;
 }
 
@@ -1431,7 +1694,9 @@ awaiting_dealloc(AwaitingObject *self)
        step's owner ends by itself, when it goes). */
     if (self->state == RUNNING && self->mode == MODE_QUERY && self->meter != NULL) {
         self->state = DONE;
-        if (query_end(self->meter, self->start_ns, self->epoch, 1, NULL) < 0) {
+        statement_ref st;
+        if (query_end_observed(self->meter, self->start_ns, self->epoch, 1, NULL,
+                               statement_of_tuple(self->statement, &st), NULL) < 0) {
             PyErr_WriteUnraisable((PyObject *)self);
         }
     }
@@ -1451,7 +1716,7 @@ awaiting_repr(AwaitingObject *self)
 
 static PyObject *
 new_awaiting(PyTypeObject *type, MeterObject *meter, PyObject *awaitable,
-             AsyncIteratingObject *owner, int mode)
+             AsyncIteratingObject *owner, int mode, PyObject *statement)
 {
     AwaitingObject *self = PyObject_GC_New(AwaitingObject, type);
     if (self == NULL) {
@@ -1461,6 +1726,7 @@ new_awaiting(PyTypeObject *type, MeterObject *meter, PyObject *awaitable,
     self->awaitable = Py_XNewRef(awaitable);
     self->iterator = NULL;
     self->owner = (AsyncIteratingObject *)Py_XNewRef(owner);
+    self->statement = Py_XNewRef(statement);
     self->mode = mode;
     self->state = NOT_STARTED;
     self->start_ns = 0;
@@ -1470,13 +1736,17 @@ new_awaiting(PyTypeObject *type, MeterObject *meter, PyObject *awaitable,
 }
 
 static PyObject *
-meter_awaiting(MeterObject *self, PyObject *awaitable)
+meter_awaiting(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    PyObject *awaitable, *statement;
+    if (shape_arguments("_awaiting", args, nargs, &awaitable, &statement) < 0) {
+        return NULL;
+    }
     module_state *state = state_of_meter(self);
     if (state == NULL) {
         return NULL;
     }
-    return new_awaiting(state->awaiting_type, self, awaitable, NULL, MODE_QUERY);
+    return new_awaiting(state->awaiting_type, self, awaitable, NULL, MODE_QUERY, statement);
 }
 
 static PyMethodDef awaiting_methods[] = {
@@ -1513,6 +1783,7 @@ typedef struct {
     PyObject_HEAD
     MeterObject *meter;
     PyObject *iterator;
+    PyObject *statement;  /* (dialect, sql, params) or NULL */
     int state;
     int64_t start_ns;
     uint64_t epoch;
@@ -1525,7 +1796,9 @@ iterating_finish(IteratingObject *self, int error)
     int running = self->state == RUNNING;
     self->state = DONE;
     if (running) {
-        return query_end(self->meter, self->start_ns, self->epoch, error, NULL);
+        statement_ref st;
+        return query_end_observed(self->meter, self->start_ns, self->epoch, error, NULL,
+                                  statement_of_tuple(self->statement, &st), NULL);
     }
     return 0;
 }
@@ -1587,6 +1860,7 @@ iterating_traverse(IteratingObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->meter);
     Py_VISIT(self->iterator);
+    Py_VISIT(self->statement);
     return 0;
 }
 
@@ -1595,6 +1869,7 @@ iterating_clear(IteratingObject *self)
 {
     Py_CLEAR(self->meter);
     Py_CLEAR(self->iterator);
+    Py_CLEAR(self->statement);
     return 0;
 }
 
@@ -1614,8 +1889,12 @@ iterating_dealloc(IteratingObject *self)
 }
 
 static PyObject *
-meter_iterating(MeterObject *self, PyObject *iterable)
+meter_iterating(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    PyObject *iterable, *statement;
+    if (shape_arguments("_iterating", args, nargs, &iterable, &statement) < 0) {
+        return NULL;
+    }
     module_state *state = state_of_meter(self);
     if (state == NULL) {
         return NULL;
@@ -1631,6 +1910,7 @@ meter_iterating(MeterObject *self, PyObject *iterable)
     }
     it->meter = (MeterObject *)Py_NewRef(self);
     it->iterator = iterator;
+    it->statement = Py_XNewRef(statement);
     it->state = NOT_STARTED;
     it->start_ns = 0;
     it->epoch = 0;
@@ -1667,7 +1947,7 @@ static PyObject *
 async_iterating_anext(AsyncIteratingObject *self)
 {
     if (self->state == DONE) {
-        return new_awaiting(self->awaiting_type, self->meter, NULL, NULL, MODE_STOP);
+        return new_awaiting(self->awaiting_type, self->meter, NULL, NULL, MODE_STOP, NULL);
     }
     PyAsyncMethods *am = Py_TYPE(self->iterator)->tp_as_async;
     if (am == NULL || am->am_anext == NULL) {
@@ -1679,7 +1959,7 @@ async_iterating_anext(AsyncIteratingObject *self)
     if (step == NULL) {
         return NULL;
     }
-    PyObject *result = new_awaiting(self->awaiting_type, self->meter, step, self, MODE_STEP);
+    PyObject *result = new_awaiting(self->awaiting_type, self->meter, step, self, MODE_STEP, NULL);
     Py_DECREF(step);
     return result;
 }
@@ -1688,7 +1968,7 @@ static PyObject *
 async_iterating_aclose(AsyncIteratingObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (self->state == DONE) {
-        return new_awaiting(self->awaiting_type, self->meter, NULL, NULL, MODE_NONE);
+        return new_awaiting(self->awaiting_type, self->meter, NULL, NULL, MODE_NONE, NULL);
     }
     /* Closed early: ended, not an error. */
     if (async_iterating_finish(self, 0) < 0) {
@@ -1699,7 +1979,7 @@ async_iterating_aclose(AsyncIteratingObject *self, PyObject *Py_UNUSED(ignored))
         if (PyErr_Occurred()) {
             return NULL;
         }
-        return new_awaiting(self->awaiting_type, self->meter, NULL, NULL, MODE_NONE);
+        return new_awaiting(self->awaiting_type, self->meter, NULL, NULL, MODE_NONE, NULL);
     }
     PyObject *result = PyObject_CallNoArgs(aclose);
     Py_DECREF(aclose);
@@ -1712,6 +1992,7 @@ async_iterating_traverse(AsyncIteratingObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->meter);
     Py_VISIT(self->iterator);
+    Py_VISIT(self->statement);
     return 0;
 }
 
@@ -1720,6 +2001,7 @@ async_iterating_clear(AsyncIteratingObject *self)
 {
     Py_CLEAR(self->meter);
     Py_CLEAR(self->iterator);
+    Py_CLEAR(self->statement);
     return 0;
 }
 
@@ -1740,8 +2022,12 @@ async_iterating_dealloc(AsyncIteratingObject *self)
 }
 
 static PyObject *
-meter_async_iterating(MeterObject *self, PyObject *iterator)
+meter_async_iterating(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
+    PyObject *iterator, *statement;
+    if (shape_arguments("_async_iterating", args, nargs, &iterator, &statement) < 0) {
+        return NULL;
+    }
     module_state *state = state_of_meter(self);
     if (state == NULL) {
         return NULL;
@@ -1759,6 +2045,7 @@ meter_async_iterating(MeterObject *self, PyObject *iterator)
     }
     it->meter = (MeterObject *)Py_NewRef(self);
     it->iterator = Py_NewRef(iterator);
+    it->statement = Py_XNewRef(statement);
     it->awaiting_type = (PyTypeObject *)Py_NewRef(state->awaiting_type);
     it->state = NOT_STARTED;
     it->start_ns = 0;
@@ -2395,10 +2682,15 @@ module_exec(PyObject *module)
         (PyTypeObject *)PyType_FromModuleAndSpec(module, &occupancies_spec, NULL);
     state->occupancy_timed_type =
         (PyTypeObject *)PyType_FromModuleAndSpec(module, &occupancy_timed_spec, NULL);
+    state->entry_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &entry_spec, NULL);
+    state->statements_type =
+        (PyTypeObject *)PyType_FromModuleAndSpec(module, &statements_spec, NULL);
+    state->sampling_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &sampling_spec, NULL);
     PyTypeObject *types[] = {
         state->meter_type,     state->token_type,           state->tracker_type,
         state->timed_type,     state->awaiting_type,        state->iterating_type,
         state->async_iterating_type, state->occupancies_type, state->occupancy_timed_type,
+        state->entry_type,     state->statements_type,      state->sampling_type,
     };
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         if (types[i] == NULL || PyModule_AddType(module, types[i]) < 0) {
@@ -2421,6 +2713,9 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->async_iterating_type);
     Py_VISIT(state->occupancies_type);
     Py_VISIT(state->occupancy_timed_type);
+    Py_VISIT(state->entry_type);
+    Py_VISIT(state->statements_type);
+    Py_VISIT(state->sampling_type);
     return 0;
 }
 
@@ -2437,6 +2732,9 @@ module_clear(PyObject *module)
     Py_CLEAR(state->async_iterating_type);
     Py_CLEAR(state->occupancies_type);
     Py_CLEAR(state->occupancy_timed_type);
+    Py_CLEAR(state->entry_type);
+    Py_CLEAR(state->statements_type);
+    Py_CLEAR(state->sampling_type);
     return 0;
 }
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import sys
 import threading
 import time
 import types
@@ -31,8 +32,9 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from .. import _faults
+from ._py_statements import Sampling, StatementRef, Statements, observe
 
-__all__ = ["MeterCore", "Occupancies", "Token", "Tracker"]
+__all__ = ["MeterCore", "Occupancies", "Sampling", "Statements", "Token", "Tracker"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _R = TypeVar("_R")
@@ -124,10 +126,12 @@ class MeterCore:
         "_lock",
         "_meter_id",
         "_queries",
+        "_sampling",
         "_serial",
         "_stamp_ns",
         "_start_ns",
         "_started",
+        "_statements",
         "_total_ns",
     )
 
@@ -140,7 +144,9 @@ class MeterCore:
     _lock: threading.Lock
     _meter_id: int
     _queries: int
+    _sampling: Sampling | None
     _serial: int
+    _statements: Statements | None
     _stamp_ns: int
     _start_ns: int
     _started: bool
@@ -151,6 +157,8 @@ class MeterCore:
         self = super().__new__(cls)
         self._lock = threading.Lock()
         self._clock = None
+        self._statements = None
+        self._sampling = None
         self._initialized = False
         self._serial = next(_serials)
         self._epoch = 0
@@ -258,8 +266,16 @@ class MeterCore:
             epoch = self._epoch
         return start, epoch
 
-    def _exit(self, start_ns: int, epoch: int, error: bool) -> int:
-        """End a query begun by ``_enter``; its elapsed ns.
+    def _exit(
+        self,
+        start_ns: int,
+        epoch: int,
+        error: bool,
+        statement: StatementRef | None = None,
+        error_type: type[BaseException] | None = None,
+    ) -> int:
+        """End a query begun by ``_enter``; its elapsed ns.  Then observe it
+        (statement table, sampling) if the meter observes anything.
 
         If the clock raises KeyboardInterrupt here, the query still ends (at
         the stamp) before the exception propagates: nothing stays in flight.
@@ -268,14 +284,33 @@ class MeterCore:
             reading = self._injected_reading()
         except BaseException:
             with self._lock:
-                if epoch == self._epoch:
-                    self._end_locked(_NO_READING, start_ns, error)
+                counted = epoch == self._epoch
+                elapsed = self._end_locked(_NO_READING, start_ns, error) if counted else 0
+            if counted:
+                self._observed(statement, elapsed, error, error_type)
             raise
         with self._lock:
             now = _monotonic_ns() if reading is None else reading
-            if epoch == self._epoch:
-                return self._end_locked(now, start_ns, error)
-        return _elapsed_since(now, start_ns)
+            if epoch != self._epoch:
+                return _elapsed_since(now, start_ns)
+            elapsed = self._end_locked(now, start_ns, error)
+        if self._statements is not None or self._sampling is not None:
+            self._observed(statement, elapsed, error, error_type)
+        return elapsed
+
+    def _observed(
+        self,
+        statement: StatementRef | None,
+        elapsed: int,
+        error: bool,
+        error_type: type[BaseException] | None,
+    ) -> None:
+        statements, sampling = self._statements, self._sampling
+        if statements is None and sampling is None:
+            return
+        if error and error_type is None:
+            error_type = sys.exc_info()[0]
+        observe(statements, sampling, statement, elapsed, error, error_type)
 
     def begin(self) -> Token:
         """begin() -> token
@@ -308,9 +343,11 @@ class MeterCore:
             raise ValueError("end() got a token that has already ended")
         return self._exit(token._start_ns, token._epoch, failed)
 
-    def track(self) -> Tracker:
-        """track() -> context manager counting its block as one query."""
-        return _new_tracker(self)
+    def track(self, sql: str | None = None) -> Tracker:
+        """track(sql=None) -> context manager counting its block as one query."""
+        if sql is not None and not isinstance(sql, str):
+            raise TypeError(f"sql must be a str or None, not {type(sql).__name__}")
+        return _new_tracker(self, sql)
 
     def _timed(self, func: _F) -> _F:
         """_timed(func) -> callable counting each call of func as one query."""
@@ -332,6 +369,59 @@ class MeterCore:
 
         return timed  # type: ignore[return-value]
 
+    def _timed_statement(self, func: _F, dialect: str | None) -> _F:
+        """_timed_statement(func, dialect) -> callable
+
+        _timed for a DB-API method (cursor, sql, params, ...): also observed under its text.
+        """
+        _check_dialect(dialect)
+        if not callable(func):
+            raise TypeError(f"cannot track {type(func).__name__}: it is not callable")
+        enter, exit_ = self._enter, self._exit
+        meter = self
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start, epoch = enter()
+            try:
+                result = func(*args, **kwargs)
+            except BaseException:
+                exit_(start, epoch, True, _statement_of_call(meter, dialect, args, kwargs))
+                raise
+            exit_(start, epoch, False, _statement_of_call(meter, dialect, args, kwargs))
+            return result
+
+        return timed  # type: ignore[return-value]
+
+    def _call_statement(
+        self, dialect: str | None, func: Callable[..., _R], /, *args: Any, **kwargs: Any
+    ) -> _R:
+        """_call_statement(dialect, func, /, *args, **kwargs) -> result
+
+        Call func(*args, **kwargs), a DB-API call (cursor, sql, params, ...),
+        counted as one query and observed under its text.
+        """
+        _check_dialect(dialect)
+        start, epoch = self._enter()
+        try:
+            result = func(*args, **kwargs)
+        except BaseException:
+            self._exit(start, epoch, True, _statement_of_call(self, dialect, args, kwargs))
+            raise
+        self._exit(start, epoch, False, _statement_of_call(self, dialect, args, kwargs))
+        return result
+
+    def _observe(self, statements: Statements | None, sampling: Sampling | None) -> None:
+        """_observe(statements, sampling) -> None
+
+        What the meter observes of each query it counts from now on (None: nothing).
+        """
+        if statements is not None and type(statements) is not Statements:
+            raise TypeError("statements must be a Statements or None")
+        if sampling is not None and type(sampling) is not Sampling:
+            raise TypeError("sampling must be a Sampling or None")
+        self._statements = statements
+        self._sampling = sampling
+
     def _call(self, func: Callable[..., _R], /, *args: Any, **kwargs: Any) -> _R:
         """_call(func, /, *args, **kwargs) -> result
 
@@ -346,19 +436,30 @@ class MeterCore:
         self._exit(start, epoch, False)
         return result
 
-    def _awaiting(self, awaitable: Awaitable[_R]) -> Awaitable[_R]:
-        """_awaiting(awaitable) -> awaitable counted as one query from its first step to its end."""
-        return _Awaiting(self, awaitable)
+    def _awaiting(
+        self, awaitable: Awaitable[_R], statement: tuple[Any, Any, Any] | None = None, /
+    ) -> Awaitable[_R]:
+        """_awaiting(awaitable, statement=None, /) -> awaitable counted as one query
+        from its first step to its end."""
+        return _Awaiting(self, awaitable, _shape_statement("_awaiting", statement))
 
-    def _iterating(self, iterator: Iterable[_R]) -> Iterator[_R]:
-        """_iterating(iterator) -> iterator counted as one query from the first item to its end."""
-        return _Iterating(self, iter(iterator))
+    def _iterating(
+        self, iterator: Iterable[_R], statement: tuple[Any, Any, Any] | None = None, /
+    ) -> Iterator[_R]:
+        """_iterating(iterator, statement=None, /) -> iterator counted as one query
+        from the first item to its end."""
+        ref = _shape_statement("_iterating", statement)
+        return _Iterating(self, iter(iterator), ref)
 
-    def _async_iterating(self, iterator: AsyncIterator[_R]) -> AsyncIterator[_R]:
-        """_async_iterating(iterator) -> async iterator counted as one query, first item to end."""
+    def _async_iterating(
+        self, iterator: AsyncIterator[_R], statement: tuple[Any, Any, Any] | None = None, /
+    ) -> AsyncIterator[_R]:
+        """_async_iterating(iterator, statement=None, /) -> async iterator counted as
+        one query, first item to end."""
+        ref = _shape_statement("_async_iterating", statement)
         if not hasattr(type(iterator), "__anext__"):
             raise TypeError(f"'{type(iterator).__name__}' object is not an async iterator")
-        return _AsyncIterating(self, iterator)
+        return _AsyncIterating(self, iterator, ref)
 
     def _occupancies(self, count: int) -> Occupancies:
         """_occupancies(count) -> Occupancies: `count` occupancy counters on this meter's clock."""
@@ -410,15 +511,52 @@ class MeterCore:
             self._meter_id = int(meter_id)
 
 
+def _check_dialect(dialect: object) -> None:
+    if dialect is not None and type(dialect) is not str:
+        raise TypeError(f"dialect must be a str or None, not {type(dialect).__name__}")
+
+
+def _shape_statement(name: str, statement: object) -> StatementRef | None:
+    """A shape's statement, (dialect, sql, params), as observing takes it."""
+    if statement is None:
+        return None
+    if type(statement) is not tuple or len(statement) != 3:
+        raise TypeError(f"{name}(): statement must be a tuple (dialect, sql, params) or None")
+    _check_dialect(statement[0])
+    return (statement[0], statement[1], statement[2], None)
+
+
+_SQL_NAMES = ("sql", "query", "operation", "statement", "sql_script", "procname")
+_PARAMS_NAMES = ("parameters", "params", "args", "vars", "seq_of_parameters")
+
+
+def _statement_of_call(
+    meter: MeterCore, dialect: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> StatementRef | None:
+    """The statement of a DB-API call (cursor, sql, params, ...), when the meter observes."""
+    if meter._statements is None and meter._sampling is None:
+        return None
+    rows_from = args[0] if len(args) >= 1 else None
+    sql = args[1] if len(args) >= 2 else None
+    params = args[2] if len(args) >= 3 else None
+    for name, value in kwargs.items():
+        if sql is None and name in _SQL_NAMES:
+            sql = value
+        elif params is None and name in _PARAMS_NAMES:
+            params = value
+    return (dialect, sql, params, rows_from)
+
+
 class Tracker:
     """Counts a `with` block as one query; an exception counts as an error."""
 
-    __slots__ = ("_elapsed_ns", "_entered", "_epoch", "_meter", "_start_ns")
+    __slots__ = ("_elapsed_ns", "_entered", "_epoch", "_meter", "_sql", "_start_ns")
 
     _elapsed_ns: int
     _entered: bool
     _epoch: int
     _meter: MeterCore
+    _sql: str | None
     _start_ns: int
 
     def __init__(self) -> None:
@@ -458,14 +596,18 @@ class Tracker:
             self._entered = False
         if not entered:
             raise RuntimeError("__exit__() called on a track() block that is not running")
-        self._elapsed_ns = meter._exit(self._start_ns, self._epoch, exc_type is not None)
+        statement = None if self._sql is None else (None, self._sql, None, None)
+        self._elapsed_ns = meter._exit(
+            self._start_ns, self._epoch, exc_type is not None, statement, exc_type
+        )
         # Never suppress the block's exception.
         return False
 
 
-def _new_tracker(meter: MeterCore) -> Tracker:
+def _new_tracker(meter: MeterCore, sql: str | None) -> Tracker:
     tracker = object.__new__(Tracker)
     tracker._meter = meter
+    tracker._sql = sql
     tracker._start_ns = 0
     tracker._epoch = 0
     tracker._elapsed_ns = -1
@@ -516,11 +658,22 @@ class _Awaiting:
     ``close()`` or being collected mid-way count as an error.
     """
 
-    __slots__ = ("_awaitable", "_epoch", "_iterator", "_meter", "_start_ns", "_state")
+    __slots__ = (
+        "_awaitable",
+        "_epoch",
+        "_iterator",
+        "_meter",
+        "_start_ns",
+        "_state",
+        "_statement",
+    )
 
-    def __init__(self, meter: MeterCore, awaitable: Any) -> None:
+    def __init__(
+        self, meter: MeterCore, awaitable: Any, statement: StatementRef | None = None
+    ) -> None:
         self._meter = meter
         self._awaitable = awaitable
+        self._statement = statement
         self._iterator: Any = None
         self._state = _NOT_STARTED
         self._start_ns = 0
@@ -545,7 +698,7 @@ class _Awaiting:
     def _finish(self, error: bool) -> None:
         if self._state == _RUNNING:
             self._state = _DONE
-            self._meter._exit(self._start_ns, self._epoch, error)
+            self._meter._exit(self._start_ns, self._epoch, error, self._statement)
         self._state = _DONE
 
     def _ended(self, exc: BaseException) -> None:
@@ -596,11 +749,14 @@ class _Iterating:
     mid-way: ended (stopping early is not an error).
     """
 
-    __slots__ = ("_epoch", "_iterator", "_meter", "_start_ns", "_state")
+    __slots__ = ("_epoch", "_iterator", "_meter", "_start_ns", "_state", "_statement")
 
-    def __init__(self, meter: MeterCore, iterator: Iterator[Any]) -> None:
+    def __init__(
+        self, meter: MeterCore, iterator: Iterator[Any], statement: StatementRef | None = None
+    ) -> None:
         self._meter = meter
         self._iterator = iterator
+        self._statement = statement
         self._state = _NOT_STARTED
         self._start_ns = 0
         self._epoch = 0
@@ -611,7 +767,7 @@ class _Iterating:
     def _finish(self, error: bool) -> None:
         if self._state == _RUNNING:
             self._state = _DONE
-            self._meter._exit(self._start_ns, self._epoch, error)
+            self._meter._exit(self._start_ns, self._epoch, error, self._statement)
         self._state = _DONE
 
     def __next__(self) -> Any:
@@ -651,11 +807,14 @@ async def _closed() -> None:
 class _AsyncIterating:
     """The async twin of ``_Iterating``: counted from the first ``__anext__`` awaited."""
 
-    __slots__ = ("_epoch", "_iterator", "_meter", "_start_ns", "_state")
+    __slots__ = ("_epoch", "_iterator", "_meter", "_start_ns", "_state", "_statement")
 
-    def __init__(self, meter: MeterCore, iterator: AsyncIterator[Any]) -> None:
+    def __init__(
+        self, meter: MeterCore, iterator: AsyncIterator[Any], statement: StatementRef | None = None
+    ) -> None:
         self._meter = meter
         self._iterator = iterator
+        self._statement = statement
         self._state = _NOT_STARTED
         self._start_ns = 0
         self._epoch = 0
@@ -666,7 +825,7 @@ class _AsyncIterating:
     def _finish(self, error: bool) -> None:
         if self._state == _RUNNING:
             self._state = _DONE
-            self._meter._exit(self._start_ns, self._epoch, error)
+            self._meter._exit(self._start_ns, self._epoch, error, self._statement)
         self._state = _DONE
 
     def __anext__(self) -> Awaitable[Any]:

@@ -1,0 +1,1015 @@
+/* querymeter.core._c, part two: what a meter observes of each query it has
+   counted, when asked: the statement table and the sampling decision.
+   Included by _c.c (one module, one translation unit); _py.py is the twin.
+
+   A query is observed after its end is committed to the counters, so nothing
+   here can delay or tear them.  Observing may run Python code (a cursor's
+   rowcount property, fingerprinting a statement seen for the first time, a
+   sample's capture), so it is not atomic with the end: a reading of the
+   table may lag the meter by the queries being observed at that instant.
+
+   The table: one entry per fingerprint, found by the exact statement text in
+   a per-dialect cache, so a repeated statement costs one dict lookup and an
+   update of plain C fields under the GIL.  An entry keeps calls, errors,
+   exact 128-bit sums of the time and of its square (so the variance of any
+   interval is exact), min, max, rows, first and last seen, and a log-linear
+   histogram: values below 64 ns have a bucket each, above that every power
+   of two is split into 32 buckets of equal width, so a bucket's midpoint is
+   within 1/64 (1.6 %) of any value in it.  The histogram keeps a window of
+   at most QM_MAX_BUCKETS buckets (20 powers of two); a value below the window
+   is counted in its lowest bucket (the upper quantiles stay exact to 1.6 %).
+
+   When the table is full, a new fingerprint evicts entries the way
+   pg_stat_statements does: every entry's usage (1 per call) decays by 1 %,
+   and the least used 5 % (at least one) are merged into the `evicted` row
+   and dropped.  Queries counted without statement text are kept in the
+   `untexted` row, so that the rows, `evicted` and `untexted` add up to the
+   meter's counters. */
+
+#define QM_SUB_BITS 5
+#define QM_SUB (1 << QM_SUB_BITS)      /* buckets per power of two */
+#define QM_LINEAR (2 * QM_SUB)          /* values below this have a bucket each */
+#define QM_MAX_BUCKETS 640
+#define QM_USAGE_DECAY 0.99
+#define QM_EVICT_PERCENT 5
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *fingerprint;  /* str */
+    PyObject *sample_sql;   /* str: the first text seen, bounded */
+    uint64_t serial;        /* tells a re-created entry from an evicted one */
+    int live;               /* 0 once evicted: cache hits on it are misses */
+    double usage;
+    uint64_t calls;
+    uint64_t errors;
+    qm_u128 total_ns;
+    qm_u128 total_sq;       /* sum of squared times, exact */
+    uint64_t min_ns;
+    uint64_t max_ns;
+    uint64_t rows;          /* summed over the calls whose rows were known */
+    uint64_t rows_calls;    /* how many calls those were */
+    int64_t first_seen;     /* wall clock ns */
+    int64_t last_seen;
+    int32_t lo;             /* histogram window: buckets lo .. lo + span - 1 */
+    int32_t span;
+    int32_t capacity;
+    uint64_t *counts;
+} EntryObject;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *entries;      /* dict: fingerprint -> entry */
+    PyObject *caches;       /* dict: dialect (str or None) -> dict: text -> entry */
+    PyObject *memo_dialect; /* the last dialect looked up, and its cache */
+    PyObject *memo_cache;
+    PyObject *miss;         /* miss(text, dialect) -> (fingerprint, sample_sql) */
+    Py_ssize_t max_statements;
+    Py_ssize_t cache_limit;
+    EntryObject *evicted;
+    EntryObject *untexted;
+    uint64_t dropped;
+    uint64_t next_serial;
+    PyTypeObject *entry_type;
+} StatementsObject;
+
+typedef struct {
+    PyObject_HEAD
+    double rate;            /* probability of capturing a query */
+    int64_t threshold_ns;   /* capture every query at least this slow; -1: none */
+    uint64_t rng;           /* xorshift64* state */
+    PyObject *capture;      /* capture(sql, dialect, params, end_wall_ns, elapsed_ns,
+                               error_type, rows) */
+} SamplingObject;
+
+/* What a shape knows of its query's statement; all borrowed, any may be NULL
+   (NULL sql: counted without statement text). */
+typedef struct {
+    PyObject *dialect;
+    PyObject *sql;
+    PyObject *params;
+    PyObject *rows_from;
+} statement_ref;
+
+/* ------------------------------------------------------------ histogram */
+
+static inline int32_t
+bucket_of(uint64_t value)
+{
+    if (value < QM_LINEAR) {
+        return (int32_t)value;
+    }
+    int exponent = 63 - __builtin_clzll(value);
+    return QM_LINEAR + (exponent - QM_SUB_BITS - 1) * QM_SUB
+           + (int32_t)((value >> (exponent - QM_SUB_BITS)) & (QM_SUB - 1));
+}
+
+/* Makes room for bucket `b` in the window; returns the index of the count
+   that takes it (the lowest one when `b` is below a full window), or -1 when
+   memory ran out (the value then goes unrecorded in the histogram only). */
+static Py_ssize_t
+histogram_slot(EntryObject *e, int32_t b)
+{
+    if (e->span == 0) {
+        uint64_t *counts = PyMem_RawCalloc(16, sizeof(uint64_t));
+        if (counts == NULL) {
+            return -1;
+        }
+        e->counts = counts;
+        e->capacity = 16;
+        e->lo = b;
+        e->span = 1;
+        return 0;
+    }
+    int32_t hi = e->lo + e->span - 1;
+    if (b >= e->lo && b <= hi) {
+        return b - e->lo;
+    }
+    int32_t new_lo = b < e->lo ? b : e->lo;
+    int32_t new_hi = b > hi ? b : hi;
+    if (new_hi - new_lo + 1 > QM_MAX_BUCKETS) {
+        /* Keep the highest buckets; what falls below is counted lowest. */
+        new_lo = new_hi - QM_MAX_BUCKETS + 1;
+    }
+    int32_t new_span = new_hi - new_lo + 1;
+    if (new_span > e->capacity) {
+        int32_t capacity = e->capacity;
+        while (capacity < new_span) {
+            capacity *= 2;
+        }
+        if (capacity > QM_MAX_BUCKETS) {
+            capacity = QM_MAX_BUCKETS;
+        }
+        uint64_t *counts = PyMem_RawCalloc((size_t)capacity, sizeof(uint64_t));
+        if (counts == NULL) {
+            return -1;
+        }
+        /* Old buckets below new_lo collapse into new_lo. */
+        for (int32_t i = 0; i < e->span; i++) {
+            int32_t bucket = e->lo + i;
+            int32_t to = bucket < new_lo ? 0 : bucket - new_lo;
+            counts[to] += e->counts[i];
+        }
+        PyMem_RawFree(e->counts);
+        e->counts = counts;
+        e->capacity = capacity;
+    }
+    else {
+        uint64_t moved[QM_MAX_BUCKETS];
+        memset(moved, 0, sizeof(moved));
+        for (int32_t i = 0; i < e->span; i++) {
+            int32_t bucket = e->lo + i;
+            int32_t to = bucket < new_lo ? 0 : bucket - new_lo;
+            moved[to] += e->counts[i];
+        }
+        memset(e->counts, 0, (size_t)e->capacity * sizeof(uint64_t));
+        memcpy(e->counts, moved, (size_t)new_span * sizeof(uint64_t));
+    }
+    e->lo = new_lo;
+    e->span = new_span;
+    return b < new_lo ? 0 : b - new_lo;
+}
+
+static inline void
+histogram_add(EntryObject *e, int32_t bucket, uint64_t count)
+{
+    Py_ssize_t slot = histogram_slot(e, bucket);
+    if (slot >= 0) {
+        e->counts[slot] += count;
+    }
+}
+
+/* ---------------------------------------------------------------- Entry */
+
+static EntryObject *
+entry_new(PyTypeObject *type, PyObject *fingerprint, PyObject *sample_sql, uint64_t serial)
+{
+    EntryObject *e = PyObject_New(EntryObject, type);
+    if (e == NULL) {
+        return NULL;
+    }
+    e->fingerprint = Py_NewRef(fingerprint);
+    e->sample_sql = Py_NewRef(sample_sql);
+    e->serial = serial;
+    e->live = 1;
+    e->usage = 0.0;
+    e->calls = e->errors = 0;
+    e->total_ns = e->total_sq = 0;
+    e->min_ns = UINT64_MAX;
+    e->max_ns = 0;
+    e->rows = e->rows_calls = 0;
+    e->first_seen = e->last_seen = 0;
+    e->lo = e->span = e->capacity = 0;
+    e->counts = NULL;
+    return e;
+}
+
+static void
+entry_dealloc(EntryObject *e)
+{
+    PyTypeObject *tp = Py_TYPE(e);
+    Py_CLEAR(e->fingerprint);
+    Py_CLEAR(e->sample_sql);
+    PyMem_RawFree(e->counts);
+    PyObject_Free(e);
+    Py_DECREF(tp);
+}
+
+/* One query: plain C, no Python, so it is atomic under the GIL. */
+static inline void
+entry_add(EntryObject *e, uint64_t elapsed, int error, int64_t rows, int64_t wall)
+{
+    if (e->calls == 0) {
+        e->first_seen = wall;
+    }
+    e->calls += 1;
+    if (error) {
+        e->errors += 1;
+    }
+    e->total_ns += elapsed;
+    e->total_sq += (qm_u128)elapsed * elapsed;
+    if (elapsed < e->min_ns) {
+        e->min_ns = elapsed;
+    }
+    if (elapsed > e->max_ns) {
+        e->max_ns = elapsed;
+    }
+    if (rows >= 0) {
+        e->rows += (uint64_t)rows;
+        e->rows_calls += 1;
+    }
+    if (wall > e->last_seen) {
+        e->last_seen = wall;
+    }
+    e->usage += 1.0;
+    histogram_add(e, bucket_of(elapsed), 1);
+}
+
+static void
+entry_merge(EntryObject *into, EntryObject *from)
+{
+    if (from->calls == 0) {
+        return;
+    }
+    if (into->calls == 0 || from->first_seen < into->first_seen) {
+        into->first_seen = from->first_seen;
+    }
+    if (from->last_seen > into->last_seen) {
+        into->last_seen = from->last_seen;
+    }
+    into->calls += from->calls;
+    into->errors += from->errors;
+    into->total_ns += from->total_ns;
+    into->total_sq += from->total_sq;
+    if (from->min_ns < into->min_ns) {
+        into->min_ns = from->min_ns;
+    }
+    if (from->max_ns > into->max_ns) {
+        into->max_ns = from->max_ns;
+    }
+    into->rows += from->rows;
+    into->rows_calls += from->rows_calls;
+    /* From the highest bucket down, so the window settles at once. */
+    for (int32_t i = from->span - 1; i >= 0; i--) {
+        if (from->counts[i] != 0) {
+            histogram_add(into, from->lo + i, from->counts[i]);
+        }
+    }
+}
+
+static PyType_Slot entry_slots[] = {
+    {Py_tp_doc, (void *)PyDoc_STR("One statement's figures (internal).")},
+    {Py_tp_dealloc, (void *)entry_dealloc},
+    {0, NULL},
+};
+
+static PyType_Spec entry_spec = {
+    .name = "querymeter.core._c.StatementEntry",
+    .basicsize = sizeof(EntryObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = entry_slots,
+};
+
+/* ----------------------------------------------------------- Statements */
+
+static int
+usage_order(const void *a, const void *b)
+{
+    const EntryObject *x = *(EntryObject *const *)a;
+    const EntryObject *y = *(EntryObject *const *)b;
+    if (x->usage != y->usage) {
+        return x->usage < y->usage ? -1 : 1;
+    }
+    /* Equal usage: the older entry goes first. */
+    return x->serial < y->serial ? -1 : (x->serial > y->serial ? 1 : 0);
+}
+
+/* Makes room for one entry.  Plain C but for dict deletions, which run no
+   Python code (entries and their keys are ours).  -1 on memory error. */
+static int
+statements_evict(StatementsObject *t)
+{
+    Py_ssize_t n = PyDict_GET_SIZE(t->entries);
+    if (n == 0) {
+        return 0;
+    }
+    EntryObject **all = PyMem_Malloc((size_t)n * sizeof(EntryObject *));
+    if (all == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    Py_ssize_t pos = 0, i = 0;
+    PyObject *key, *value;
+    while (PyDict_Next(t->entries, &pos, &key, &value) && i < n) {
+        EntryObject *e = (EntryObject *)value;
+        e->usage *= QM_USAGE_DECAY;
+        all[i++] = e;
+    }
+    qsort(all, (size_t)i, sizeof(EntryObject *), usage_order);
+    Py_ssize_t drop = t->max_statements * QM_EVICT_PERCENT / 100;
+    if (drop < 1) {
+        drop = 1;
+    }
+    if (drop > i) {
+        drop = i;
+    }
+    int status = 0;
+    for (Py_ssize_t k = 0; k < drop; k++) {
+        EntryObject *e = all[k];
+        entry_merge(t->evicted, e);
+        e->live = 0;
+        t->dropped += 1;
+        /* The entry may go with its key: nothing of it is touched after. */
+        if (PyDict_DelItem(t->entries, e->fingerprint) < 0) {
+            status = -1;
+            break;
+        }
+    }
+    PyMem_Free(all);
+    return status;
+}
+
+/* The text -> entry cache of a dialect (borrowed), made on first use. */
+static PyObject *
+statements_cache(StatementsObject *t, PyObject *dialect)
+{
+    if (dialect == t->memo_dialect && t->memo_cache != NULL) {
+        return t->memo_cache;
+    }
+    PyObject *cache = PyDict_GetItemWithError(t->caches, dialect);
+    if (cache == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        cache = PyDict_New();
+        if (cache == NULL) {
+            return NULL;
+        }
+        int status = PyDict_SetItem(t->caches, dialect, cache);
+        Py_DECREF(cache);
+        if (status < 0) {
+            return NULL;
+        }
+    }
+    Py_XSETREF(t->memo_dialect, Py_NewRef(dialect));
+    Py_XSETREF(t->memo_cache, Py_NewRef(cache));
+    return cache;
+}
+
+/* A full cache drops its oldest quarter (dicts keep insertion order). */
+static int
+statements_trim_cache(PyObject *cache, Py_ssize_t limit)
+{
+    Py_ssize_t drop = limit / 4 + 1;
+    PyObject *keys = PyList_New(0);
+    if (keys == NULL) {
+        return -1;
+    }
+    Py_ssize_t pos = 0;
+    PyObject *key, *value;
+    while (PyList_GET_SIZE(keys) < drop && PyDict_Next(cache, &pos, &key, &value)) {
+        if (PyList_Append(keys, key) < 0) {
+            Py_DECREF(keys);
+            return -1;
+        }
+    }
+    int status = 0;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(keys); i++) {
+        if (PyDict_DelItem(cache, PyList_GET_ITEM(keys, i)) < 0) {
+            status = -1;
+            break;
+        }
+    }
+    Py_DECREF(keys);
+    return status;
+}
+
+/* A text not in the cache: fingerprinted (Python), then its entry found or
+   made.  Returns a new reference, or NULL with an exception set. */
+static EntryObject *
+statements_miss(StatementsObject *t, PyObject *dialect, PyObject *sql, PyObject *cache)
+{
+    PyObject *found = PyObject_CallFunctionObjArgs(t->miss, sql, dialect, NULL);
+    if (found == NULL) {
+        return NULL;
+    }
+    if (!PyTuple_CheckExact(found) || PyTuple_GET_SIZE(found) != 2
+        || !PyUnicode_CheckExact(PyTuple_GET_ITEM(found, 0))
+        || !PyUnicode_CheckExact(PyTuple_GET_ITEM(found, 1))) {
+        Py_DECREF(found);
+        PyErr_SetString(PyExc_TypeError, "the miss function must return (fingerprint, sample_sql)");
+        return NULL;
+    }
+    PyObject *fingerprint = PyTuple_GET_ITEM(found, 0);
+    EntryObject *entry = (EntryObject *)PyDict_GetItemWithError(t->entries, fingerprint);
+    if (entry != NULL) {
+        Py_INCREF(entry);
+    }
+    else {
+        if (PyErr_Occurred()) {
+            Py_DECREF(found);
+            return NULL;
+        }
+        if (PyDict_GET_SIZE(t->entries) >= t->max_statements && statements_evict(t) < 0) {
+            Py_DECREF(found);
+            return NULL;
+        }
+        entry = entry_new(t->entry_type, fingerprint, PyTuple_GET_ITEM(found, 1), t->next_serial++);
+        if (entry == NULL || PyDict_SetItem(t->entries, fingerprint, (PyObject *)entry) < 0) {
+            Py_XDECREF(entry);
+            Py_DECREF(found);
+            return NULL;
+        }
+    }
+    Py_DECREF(found);
+    if (cache != NULL) {
+        if (PyDict_GET_SIZE(cache) >= t->cache_limit && statements_trim_cache(cache, t->cache_limit) < 0) {
+            Py_DECREF(entry);
+            return NULL;
+        }
+        if (PyDict_SetItem(cache, sql, (PyObject *)entry) < 0) {
+            Py_DECREF(entry);
+            return NULL;
+        }
+    }
+    return entry;
+}
+
+/* Records one query.  Never raises an Exception (a failure of ours is a
+   fault, and the query goes to `untexted` so that nothing is lost); -1, with
+   the exception set, only for one that is the application's (an interrupt
+   while fingerprinting). */
+static int
+statements_record(StatementsObject *t, PyObject *dialect, PyObject *sql,
+                  uint64_t elapsed, int error, int64_t rows, int64_t wall)
+{
+    if (sql == NULL || sql == Py_None) {
+        entry_add(t->untexted, elapsed, error, rows, wall);
+        return 0;
+    }
+    if (dialect == NULL) {
+        dialect = Py_None;
+    }
+    PyObject *cache = NULL;
+    if (PyUnicode_CheckExact(sql) || PyBytes_CheckExact(sql)) {
+        cache = statements_cache(t, dialect);
+        if (cache != NULL) {
+            EntryObject *hit = (EntryObject *)PyDict_GetItemWithError(cache, sql);
+            if (hit != NULL && hit->live) {
+                entry_add(hit, elapsed, error, rows, wall);
+                return 0;
+            }
+            if (hit != NULL && PyDict_DelItem(cache, sql) < 0) {
+                cache = NULL;
+            }
+        }
+        if (PyErr_Occurred()) {
+            goto failed;
+        }
+    }
+    Py_INCREF(sql);
+    Py_INCREF(dialect);
+    EntryObject *entry = statements_miss(t, dialect, sql, cache);
+    Py_DECREF(dialect);
+    Py_DECREF(sql);
+    if (entry != NULL) {
+        entry_add(entry, elapsed, error, rows, wall);
+        Py_DECREF(entry);
+        return 0;
+    }
+failed:
+    entry_add(t->untexted, elapsed, error, rows, wall);
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return -1;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    int status = report_fault("could not record a statement", value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return status;
+}
+
+static PyObject *
+statements_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"miss", "max_statements", "cache_limit", NULL};
+    PyObject *miss;
+    Py_ssize_t max_statements, cache_limit;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Onn:Statements", kwlist, &miss,
+                                     &max_statements, &cache_limit)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(miss)) {
+        PyErr_SetString(PyExc_TypeError, "miss must be callable");
+        return NULL;
+    }
+    if (max_statements < 1 || cache_limit < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_statements and cache_limit must be at least 1");
+        return NULL;
+    }
+    PyObject *module = PyType_GetModuleByDef(type, &core_module);
+    if (module == NULL) {
+        return NULL;
+    }
+    module_state *state = PyModule_GetState(module);
+    StatementsObject *t = (StatementsObject *)type->tp_alloc(type, 0);
+    if (t == NULL) {
+        return NULL;
+    }
+    t->entry_type = (PyTypeObject *)Py_NewRef(state->entry_type);
+    t->entries = PyDict_New();
+    t->caches = PyDict_New();
+    t->memo_dialect = NULL;
+    t->memo_cache = NULL;
+    t->miss = Py_NewRef(miss);
+    t->max_statements = max_statements;
+    t->cache_limit = cache_limit;
+    t->dropped = 0;
+    t->next_serial = 1;
+    PyObject *evicted = PyUnicode_FromString("(evicted)");
+    PyObject *untexted = PyUnicode_FromString("(no statement text)");
+    PyObject *empty = PyUnicode_FromString("");
+    if (evicted && untexted && empty) {
+        t->evicted = entry_new(t->entry_type, evicted, empty, 0);
+        t->untexted = entry_new(t->entry_type, untexted, empty, 0);
+    }
+    Py_XDECREF(evicted);
+    Py_XDECREF(untexted);
+    Py_XDECREF(empty);
+    if (t->entries == NULL || t->caches == NULL || t->evicted == NULL || t->untexted == NULL) {
+        Py_DECREF(t);
+        return NULL;
+    }
+    return (PyObject *)t;
+}
+
+static int
+statements_traverse(StatementsObject *t, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(t));
+    Py_VISIT(t->entries);
+    Py_VISIT(t->caches);
+    Py_VISIT(t->memo_dialect);
+    Py_VISIT(t->memo_cache);
+    Py_VISIT(t->miss);
+    return 0;
+}
+
+static int
+statements_clear(StatementsObject *t)
+{
+    Py_CLEAR(t->entries);
+    Py_CLEAR(t->caches);
+    Py_CLEAR(t->memo_dialect);
+    Py_CLEAR(t->memo_cache);
+    Py_CLEAR(t->miss);
+    return 0;
+}
+
+static void
+statements_dealloc(StatementsObject *t)
+{
+    PyTypeObject *tp = Py_TYPE(t);
+    PyObject_GC_UnTrack(t);
+    statements_clear(t);
+    Py_CLEAR(t->evicted);
+    Py_CLEAR(t->untexted);
+    Py_CLEAR(t->entry_type);
+    tp->tp_free((PyObject *)t);
+    Py_DECREF(tp);
+}
+
+/* _record(sql, dialect, elapsed_ns, error, rows): what a shape does at a
+   query's end, for the API's own use (a block tracked by hand) and tests. */
+static PyObject *
+statements_record_method(StatementsObject *t, PyObject *args)
+{
+    PyObject *sql, *dialect;
+    unsigned long long elapsed;
+    int error;
+    long long rows;
+    if (!PyArg_ParseTuple(args, "OOKpL:_record", &sql, &dialect, &elapsed, &error, &rows)) {
+        return NULL;
+    }
+    if (statements_record(t, dialect, sql, (uint64_t)elapsed, error, rows, wall_ns()) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* A copy of one entry's figures, taken inside the reading's critical section. */
+typedef struct {
+    EntryObject *entry;     /* strong reference, for its fingerprint and text */
+    uint64_t serial, calls, errors, min_ns, max_ns, rows, rows_calls;
+    qm_u128 total_ns, total_sq;
+    int64_t first_seen, last_seen;
+    int32_t lo, span;
+    uint64_t *counts;
+} entry_copy;
+
+static void
+copy_entry(entry_copy *c, EntryObject *e, uint64_t *counts)
+{
+    c->entry = e;
+    c->serial = e->serial;
+    c->calls = e->calls;
+    c->errors = e->errors;
+    c->min_ns = e->calls ? e->min_ns : 0;
+    c->max_ns = e->max_ns;
+    c->rows = e->rows;
+    c->rows_calls = e->rows_calls;
+    c->total_ns = e->total_ns;
+    c->total_sq = e->total_sq;
+    c->first_seen = e->first_seen;
+    c->last_seen = e->last_seen;
+    c->lo = e->lo;
+    c->span = e->span;
+    c->counts = counts;
+    if (e->span > 0) {
+        memcpy(counts, e->counts, (size_t)e->span * sizeof(uint64_t));
+    }
+}
+
+static PyObject *
+entry_copy_to_tuple(const entry_copy *c)
+{
+    PyObject *counts = PyBytes_FromStringAndSize((const char *)c->counts,
+                                                 (Py_ssize_t)c->span * (Py_ssize_t)sizeof(uint64_t));
+    if (counts == NULL) {
+        return NULL;
+    }
+    PyObject *total = u128_to_pylong(c->total_ns);
+    PyObject *total_sq = u128_to_pylong(c->total_sq);
+    if (total == NULL || total_sq == NULL) {
+        Py_XDECREF(total);
+        Py_XDECREF(total_sq);
+        Py_DECREF(counts);
+        return NULL;
+    }
+    return Py_BuildValue("(OOKKKNNKKKKLLiN)", c->entry->fingerprint, c->entry->sample_sql,
+                         (unsigned long long)c->serial, (unsigned long long)c->calls,
+                         (unsigned long long)c->errors, total, total_sq,
+                         (unsigned long long)c->min_ns, (unsigned long long)c->max_ns,
+                         (unsigned long long)c->rows, (unsigned long long)c->rows_calls,
+                         (long long)c->first_seen, (long long)c->last_seen, (int)c->lo, counts);
+}
+
+/* _read() -> (dropped, evicted, untexted, (entry, ...)), every entry a tuple
+   (fingerprint, sample_sql, serial, calls, errors, total_ns, total_sq,
+   min_ns, max_ns, rows, rows_calls, first_seen_ns, last_seen_ns,
+   histogram_lo, histogram_counts as native uint64 bytes).  All of it at one
+   instant: the figures are copied with no Python code in between, and only
+   then made into objects. */
+static PyObject *
+statements_read(StatementsObject *t, PyObject *Py_UNUSED(ignored))
+{
+    Py_ssize_t n = PyDict_GET_SIZE(t->entries) + 2;
+    entry_copy *copies = PyMem_Calloc((size_t)n, sizeof(entry_copy));
+    uint64_t *counts = PyMem_Calloc((size_t)n * QM_MAX_BUCKETS, sizeof(uint64_t));
+    if (copies == NULL || counts == NULL) {
+        PyMem_Free(copies);
+        PyMem_Free(counts);
+        return PyErr_NoMemory();
+    }
+    /* The critical section: plain copies. */
+    uint64_t dropped = t->dropped;
+    copy_entry(&copies[0], t->evicted, counts);
+    copy_entry(&copies[1], t->untexted, counts + QM_MAX_BUCKETS);
+    Py_ssize_t pos = 0, i = 2;
+    PyObject *key, *value;
+    while (i < n && PyDict_Next(t->entries, &pos, &key, &value)) {
+        copy_entry(&copies[i], (EntryObject *)value, counts + i * QM_MAX_BUCKETS);
+        i++;
+    }
+    for (Py_ssize_t k = 0; k < i; k++) {
+        Py_INCREF(copies[k].entry);
+    }
+    /* Then the objects. */
+    PyObject *result = NULL;
+    PyObject *rows = PyTuple_New(i - 2);
+    PyObject *evicted = NULL, *untexted = NULL;
+    if (rows == NULL) {
+        goto done;
+    }
+    evicted = entry_copy_to_tuple(&copies[0]);
+    untexted = entry_copy_to_tuple(&copies[1]);
+    if (evicted == NULL || untexted == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t k = 2; k < i; k++) {
+        PyObject *row = entry_copy_to_tuple(&copies[k]);
+        if (row == NULL) {
+            goto done;
+        }
+        PyTuple_SET_ITEM(rows, k - 2, row);
+    }
+    result = Py_BuildValue("(KOOO)", (unsigned long long)dropped, evicted, untexted, rows);
+done:
+    Py_XDECREF(rows);
+    Py_XDECREF(evicted);
+    Py_XDECREF(untexted);
+    for (Py_ssize_t k = 0; k < i; k++) {
+        Py_DECREF(copies[k].entry);
+    }
+    PyMem_Free(copies);
+    PyMem_Free(counts);
+    return result;
+}
+
+static PyObject *
+statements_get_len(StatementsObject *t, void *Py_UNUSED(closure))
+{
+    return PyLong_FromSsize_t(PyDict_GET_SIZE(t->entries));
+}
+
+static PyMethodDef statements_methods[] = {
+    {"_record", (PyCFunction)statements_record_method, METH_VARARGS,
+     PyDoc_STR("_record(sql, dialect, elapsed_ns, error, rows) -> None\n\n"
+               "Record one query as a hook's shape does at its end.")},
+    {"_read", (PyCFunction)statements_read, METH_NOARGS,
+     PyDoc_STR("_read() -> (dropped, evicted, untexted, entries)\n\n"
+               "Every entry's figures at one instant.")},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef statements_getset[] = {
+    {"size", (getter)statements_get_len, NULL,
+     PyDoc_STR("How many statements the table holds."), NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot statements_slots[] = {
+    {Py_tp_doc, (void *)PyDoc_STR(
+        "Statements(miss, max_statements, cache_limit)\n\n"
+        "A meter's statement table: figures per fingerprint, found by exact text.")},
+    {Py_tp_new, (void *)statements_new},
+    {Py_tp_dealloc, (void *)statements_dealloc},
+    {Py_tp_traverse, (void *)statements_traverse},
+    {Py_tp_clear, (void *)statements_clear},
+    {Py_tp_methods, statements_methods},
+    {Py_tp_getset, statements_getset},
+    {0, NULL},
+};
+
+static PyType_Spec statements_spec = {
+    .name = "querymeter.core._c.Statements",
+    .basicsize = sizeof(StatementsObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = statements_slots,
+};
+
+/* ------------------------------------------------------------- Sampling */
+
+static inline uint64_t
+sampling_random(SamplingObject *s)
+{
+    /* xorshift64*: a draw costs a few instructions, and needs no lock under the GIL. */
+    uint64_t x = s->rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    s->rng = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static inline int
+sampling_chooses(SamplingObject *s, uint64_t elapsed)
+{
+    if (s->threshold_ns >= 0 && elapsed >= (uint64_t)s->threshold_ns) {
+        return 1;
+    }
+    if (s->rate <= 0.0) {
+        return 0;
+    }
+    if (s->rate >= 1.0) {
+        return 1;
+    }
+    /* 53 random bits as a double in [0, 1). */
+    return (double)(sampling_random(s) >> 11) * (1.0 / 9007199254740992.0) < s->rate;
+}
+
+static PyObject *
+sampling_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    static char *kwlist[] = {"rate", "threshold_ns", "capture", "seed", NULL};
+    double rate;
+    long long threshold_ns;
+    PyObject *capture;
+    unsigned long long seed;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "dLOK:Sampling", kwlist, &rate,
+                                     &threshold_ns, &capture, &seed)) {
+        return NULL;
+    }
+    if (!(rate >= 0.0 && rate <= 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "rate must be from 0 to 1");
+        return NULL;
+    }
+    if (!PyCallable_Check(capture)) {
+        PyErr_SetString(PyExc_TypeError, "capture must be callable");
+        return NULL;
+    }
+    SamplingObject *s = (SamplingObject *)type->tp_alloc(type, 0);
+    if (s == NULL) {
+        return NULL;
+    }
+    s->rate = rate;
+    s->threshold_ns = threshold_ns < 0 ? -1 : threshold_ns;
+    s->rng = seed ? seed : 0x9E3779B97F4A7C15ULL;
+    s->capture = Py_NewRef(capture);
+    return (PyObject *)s;
+}
+
+static int
+sampling_traverse(SamplingObject *s, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(s));
+    Py_VISIT(s->capture);
+    return 0;
+}
+
+static int
+sampling_clear(SamplingObject *s)
+{
+    Py_CLEAR(s->capture);
+    return 0;
+}
+
+static void
+sampling_dealloc(SamplingObject *s)
+{
+    PyTypeObject *tp = Py_TYPE(s);
+    PyObject_GC_UnTrack(s);
+    sampling_clear(s);
+    tp->tp_free((PyObject *)s);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+sampling_chooses_method(SamplingObject *s, PyObject *arg)
+{
+    unsigned long long elapsed = PyLong_AsUnsignedLongLong(arg);
+    if (elapsed == (unsigned long long)-1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    return PyBool_FromLong(sampling_chooses(s, (uint64_t)elapsed));
+}
+
+static PyMethodDef sampling_methods[] = {
+    {"_chooses", (PyCFunction)sampling_chooses_method, METH_O,
+     PyDoc_STR("_chooses(elapsed_ns) -> bool\n\nWhether a query that took elapsed_ns is captured.")},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot sampling_slots[] = {
+    {Py_tp_doc, (void *)PyDoc_STR(
+        "Sampling(rate, threshold_ns, capture, seed)\n\n"
+        "Which counted queries a meter captures: at random, and every slow one.")},
+    {Py_tp_new, (void *)sampling_new},
+    {Py_tp_dealloc, (void *)sampling_dealloc},
+    {Py_tp_traverse, (void *)sampling_traverse},
+    {Py_tp_clear, (void *)sampling_clear},
+    {Py_tp_methods, sampling_methods},
+    {0, NULL},
+};
+
+static PyType_Spec sampling_spec = {
+    .name = "querymeter.core._c.Sampling",
+    .basicsize = sizeof(SamplingObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .slots = sampling_slots,
+};
+
+/* ------------------------------------------------------------ observing */
+
+/* A cursor's rowcount, or -1 where it does not know (or has none).  -1 with
+   *interrupted set when reading it raised something not an Exception. */
+static int64_t
+read_rowcount(PyObject *cursor, int *interrupted)
+{
+    static PyObject *name = NULL;
+    if (name == NULL) {
+        name = PyUnicode_InternFromString("rowcount");
+        if (name == NULL) {
+            PyErr_Clear();
+            return -1;
+        }
+    }
+    PyObject *value = PyObject_GetAttr(cursor, name);
+    if (value == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            *interrupted = 1;
+            return -1;
+        }
+        PyErr_Clear();
+        return -1;
+    }
+    int64_t rows = -1;
+    if (PyLong_CheckExact(value)) {
+        int overflow = 0;
+        long long n = PyLong_AsLongLongAndOverflow(value, &overflow);
+        if (!overflow && n >= 0) {
+            rows = n;
+        }
+        PyErr_Clear();
+    }
+    Py_DECREF(value);
+    return rows;
+}
+
+static int
+sampling_capture(SamplingObject *s, const statement_ref *st, uint64_t elapsed,
+                 PyObject *error_type, int64_t rows, int64_t wall)
+{
+    PyObject *result = PyObject_CallFunction(
+        s->capture, "OOOLKOL", st && st->sql ? st->sql : Py_None,
+        st && st->dialect ? st->dialect : Py_None, st && st->params ? st->params : Py_None,
+        (long long)wall, (unsigned long long)elapsed, error_type ? error_type : Py_None,
+        (long long)rows);
+    if (result != NULL) {
+        Py_DECREF(result);
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return -1;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    int status = report_fault("could not capture a sample", value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return status;
+}
+
+/* Observes a query that was counted: into the statement table and to
+   sampling, when the meter has them.  `error_type` is the class of the
+   exception that ended it (NULL: the one in flight).  Preserves an exception in flight (the
+   driver's).  Everything is observed even if something is interrupted on
+   the way; then -1, with the interrupt set (chained to the driver's
+   exception, if any). */
+static int
+observe(PyObject *table_obj, PyObject *sampling_obj, const statement_ref *st,
+        uint64_t elapsed, int error, PyObject *error_type)
+{
+    StatementsObject *table = (StatementsObject *)Py_XNewRef(table_obj);
+    SamplingObject *sampling = (SamplingObject *)Py_XNewRef(sampling_obj);
+    PyObject *pending_type, *pending_value, *pending_tb;
+    PyErr_Fetch(&pending_type, &pending_value, &pending_tb);
+    PyObject *stop_type = NULL, *stop_value = NULL, *stop_tb = NULL;
+
+    int chosen = sampling != NULL && sampling_chooses(sampling, elapsed);
+    int64_t rows = -1;
+    if ((table != NULL || chosen) && !error && st != NULL && st->rows_from != NULL) {
+        int interrupted = 0;
+        rows = read_rowcount(st->rows_from, &interrupted);
+        if (interrupted) {
+            PyErr_Fetch(&stop_type, &stop_value, &stop_tb);
+        }
+    }
+    int64_t wall = wall_ns();
+    if (table != NULL
+        && statements_record(table, st ? st->dialect : NULL, st ? st->sql : NULL, elapsed,
+                             error, rows, wall) < 0
+        && stop_type == NULL) {
+        PyErr_Fetch(&stop_type, &stop_value, &stop_tb);
+    }
+    PyErr_Clear();
+    if (chosen
+        && sampling_capture(sampling, st, elapsed,
+                           error ? (error_type ? error_type : pending_type) : NULL, rows, wall) < 0
+        && stop_type == NULL) {
+        PyErr_Fetch(&stop_type, &stop_value, &stop_tb);
+    }
+    PyErr_Clear();
+    Py_XDECREF(table);
+    Py_XDECREF(sampling);
+    if (stop_type != NULL) {
+        raise_with_context(stop_type, stop_value, stop_tb, pending_type, pending_value, pending_tb);
+        return -1;
+    }
+    PyErr_Restore(pending_type, pending_value, pending_tb);
+    return 0;
+}
