@@ -6,12 +6,14 @@ import functools
 import inspect
 import os
 import secrets
+import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from . import core
 from .readings import Snapshot
+from .statements import QuerySample, SampleLog, StatementTable
 
 if TYPE_CHECKING:
     from .core import Token
@@ -40,6 +42,41 @@ class _Core(Protocol):
     def _awaiting(self, awaitable: Awaitable[_R]) -> Awaitable[_R]: ...
     def _read(self, cls: type[_T]) -> _T: ...
     def _reset(self, meter_id: int) -> None: ...
+    def _observe(self, statements: Any, sampling: Any) -> None: ...
+
+
+class _Observing:
+    """What a meter observes besides its counters: its statement table and its sampling."""
+
+    __slots__ = ("last_sampling", "lock", "sampling", "statements")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.statements: StatementTable | None = None
+        self.sampling: SampleLog | None = None
+        # The samples of the latest sampling, kept after it is disabled.
+        self.last_sampling: SampleLog | None = None
+
+    def apply(self, meter: _Core) -> None:
+        """Hand the core what to observe; caller holds the lock."""
+        meter._observe(
+            None if self.statements is None else self.statements._core,
+            None if self.sampling is None else self.sampling._core,
+        )
+
+
+_observing_lock = threading.Lock()
+
+
+def _observing(meter: Any) -> _Observing:
+    observing: _Observing | None = getattr(meter, "_observing", None)
+    if observing is None:
+        # A meter whose __init__ did not run: made once, under a lock.
+        with _observing_lock:
+            observing = getattr(meter, "_observing", None)
+            if observing is None:
+                observing = meter._observing = _Observing()
+    return observing
 
 
 # Every live meter, so that a forked child can restart them all.
@@ -49,14 +86,91 @@ _live_meters: weakref.WeakSet[Any] = weakref.WeakSet()
 class _MeterAPI:
     """The public API of a meter, over either core (see ``meter_class``).
 
-    Stateless: all state is the core's, so this one mixin serves both cores.
+    The counters are the core's; the concrete classes add one slot,
+    ``_observing``, for the statement table and sampling.
     """
 
     __slots__ = ()
 
     def __init__(self, clock: Callable[[], int] | None = None) -> None:
         super().__init__(clock, meter_id=_new_meter_id())  # type: ignore[call-arg]
+        self._observing = _Observing()  # type: ignore[misc]
         _live_meters.add(self)
+
+    # ------------------------------------------------ statements and sampling
+
+    @property
+    def statements(self) -> StatementTable | None:
+        """The statement table while aggregation by statement is on, else None."""
+        return _observing(self).statements
+
+    def enable_statements(self, max_statements: int = 5000) -> StatementTable:
+        """Aggregate every query the meter counts under its statement's fingerprint.
+
+        Returns the table (also ``meter.statements``).  Enabling it again with
+        the same ``max_statements`` returns the table in use; with another,
+        raises ValueError (disable it first).
+        """
+        table = StatementTable(max_statements)
+        observing = _observing(self)
+        with observing.lock:
+            current = observing.statements
+            if current is not None:
+                if current.max_statements != max_statements:
+                    raise ValueError(
+                        f"statements are already enabled with max_statements="
+                        f"{current.max_statements}; call disable_statements() first"
+                    )
+                return current
+            observing.statements = table
+            observing.apply(self)  # type: ignore[arg-type]
+        return table
+
+    def disable_statements(self) -> StatementTable | None:
+        """Stop aggregating by statement; returns the table that was in use (still readable)."""
+        observing = _observing(self)
+        with observing.lock:
+            table, observing.statements = observing.statements, None
+            observing.apply(self)  # type: ignore[arg-type]
+        return table
+
+    @property
+    def sampling(self) -> SampleLog | None:
+        """The sample log while sampling is on, else None."""
+        return _observing(self).sampling
+
+    def enable_sampling(
+        self,
+        rate: float = 0.01,
+        slower_than: float | None = None,
+        capacity: int = 1000,
+        params: bool | str = False,
+    ) -> SampleLog:
+        """Capture single queries: each with probability ``rate``, and every one that
+        takes at least ``slower_than`` seconds, into a ring of the newest ``capacity``.
+
+        Parameters are not captured unless ``params`` is True (then as types and
+        lengths only) or "raw".  Enabling sampling again replaces the running one.
+        """
+        log = SampleLog(rate, slower_than, capacity, params)
+        observing = _observing(self)
+        with observing.lock:
+            observing.sampling = observing.last_sampling = log
+            observing.apply(self)  # type: ignore[arg-type]
+        return log
+
+    def disable_sampling(self) -> SampleLog | None:
+        """Stop sampling; returns the log that was in use (its samples stay readable)."""
+        observing = _observing(self)
+        with observing.lock:
+            log, observing.sampling = observing.sampling, None
+            observing.apply(self)  # type: ignore[arg-type]
+        return log
+
+    def samples(self) -> list[QuerySample]:
+        """The samples of the latest sampling, running or stopped, oldest first."""
+        log = _observing(self).last_sampling
+        return [] if log is None else log.samples()
 
     def snapshot(self: _Core) -> Snapshot:
         """Read every counter at one instant, the time of queries in flight included."""
@@ -94,6 +208,21 @@ class _MeterAPI:
 
     def _after_fork_in_child(self: _Core) -> None:
         self._reset(_new_meter_id())
+        # The parent's table and samples are the parent's: the child starts
+        # its own, with the same settings, as its counters start from zero.
+        old = getattr(self, "_observing", None)
+        if old is None:
+            return
+        observing = _Observing()
+        if old.statements is not None:
+            observing.statements = StatementTable(old.statements.max_statements)
+        if old.sampling is not None:
+            log = old.sampling
+            observing.sampling = observing.last_sampling = SampleLog(
+                log.rate, log.slower_than, log.capacity, log.params
+            )
+        self._observing = observing  # type: ignore[attr-defined]
+        observing.apply(self)
 
     def __repr__(self: _Core) -> str:
         reading = self._read(Snapshot)
@@ -133,9 +262,12 @@ class Meter(_MeterAPI, core.MeterCore):
       raises); ``@meter.tracked`` does the same for each call of a function.
     - ``snapshot()`` reads every counter at one instant.
     - ``meter_id`` identifies the meter (anew after fork) on its snapshots.
+    - ``enable_statements()`` aggregates queries by statement
+      (``meter.statements``); ``enable_sampling()`` captures single queries
+      (``meter.samples()``).  See docs/statements.md.
     """
 
-    __slots__ = ()
+    __slots__ = ("_observing",)
 
 
 _classes: dict[str, type[Meter]] = {core.IMPLEMENTATION: Meter}
@@ -155,7 +287,11 @@ def meter_class(implementation: str) -> type[Meter]:
             from .core import _py as _core_py
 
             base = _core_py.MeterCore
-        namespace = {"__slots__": (), "__doc__": Meter.__doc__, "__module__": __name__}
+        namespace = {
+            "__slots__": ("_observing",),
+            "__doc__": Meter.__doc__,
+            "__module__": __name__,
+        }
         cls = cast("type[Meter]", type("Meter", (_MeterAPI, base), namespace))
         _classes[implementation] = cls
     return cls

@@ -105,7 +105,8 @@ typedef struct {
     PyObject *func;
     vectorcallfunc func_vectorcall;
     PyObject *dialect;   /* with `statement`: the dialect of its text, or NULL */
-    int statement;       /* the call's statement is (cursor, sql, params, ...) */
+    int statement;       /* whether each call's statement is observed */
+    int layout;          /* where it is in the call's arguments */
     PyObject *dict;
     PyObject *weakreflist;
     vectorcallfunc vectorcall;
@@ -422,7 +423,8 @@ u128_to_pylong(qm_u128 value)
 
 static module_state *state_of_meter(MeterObject *m);
 
-/* The statement of a query whose shape holds one as (dialect, sql, params). */
+/* The statement of a query whose shape holds one as (dialect, sql, params)
+   or (dialect, sql, params, cursor). */
 static inline const statement_ref *
 statement_of_tuple(PyObject *statement, statement_ref *st)
 {
@@ -432,7 +434,7 @@ statement_of_tuple(PyObject *statement, statement_ref *st)
     st->dialect = PyTuple_GET_ITEM(statement, 0);
     st->sql = PyTuple_GET_ITEM(statement, 1);
     st->params = PyTuple_GET_ITEM(statement, 2);
-    st->rows_from = NULL;
+    st->rows_from = PyTuple_GET_SIZE(statement) == 4 ? PyTuple_GET_ITEM(statement, 3) : NULL;
     return st;
 }
 
@@ -447,22 +449,43 @@ name_in(PyObject *name, const char *const *names)
     return 0;
 }
 
-/* The statement of a DB-API call (cursor, sql, params, ...): the shape of
+/* Where a call's statement is: the cursor at args[layout & 3], the text
+   after it, then the parameters unless layout & 4.  0 is a DB-API method
+   (cursor, sql, params, ...); 1 SQLAlchemy's do_execute called with its
+   dialect first; 5 its do_execute_no_params (dialect, cursor, sql, context). */
+#define QM_LAYOUT_CURSOR 3
+#define QM_LAYOUT_NO_PARAMS 4
+
+static int
+check_layout(PyObject *layout, int *value)
+{
+    long v = PyLong_Check(layout) ? PyLong_AsLong(layout) : -1;
+    if (v < 0 || v > 7) {
+        PyErr_Clear();
+        PyErr_SetString(PyExc_ValueError, "layout must be an int from 0 to 7");
+        return -1;
+    }
+    *value = (int)v;
+    return 0;
+}
+
+/* The statement of a DB-API call laid out as `layout` says: the shape of
    cursor.execute, executemany, callproc and of SQLAlchemy's do_execute; the
    cursor is where its rowcount is read.  Text and parameters passed by
    keyword are found by the names the drivers give them. */
 static const statement_ref *
-statement_of_call(PyObject *dialect, PyObject *const *args, Py_ssize_t nargs,
+statement_of_call(PyObject *dialect, int layout, PyObject *const *args, Py_ssize_t nargs,
                   PyObject *kwnames, statement_ref *st)
 {
     static const char *const sql_names[] = {"sql", "query", "operation", "statement",
                                             "sql_script", "procname", NULL};
     static const char *const params_names[] = {"parameters", "params", "args", "vars",
-                                               "seq_of_parameters", NULL};
+                                               "seq_of_parameters", "params_seq", NULL};
+    Py_ssize_t at = layout & QM_LAYOUT_CURSOR;
     st->dialect = dialect;
-    st->rows_from = nargs >= 1 ? args[0] : NULL;
-    st->sql = nargs >= 2 ? args[1] : NULL;
-    st->params = nargs >= 3 ? args[2] : NULL;
+    st->rows_from = nargs > at ? args[at] : NULL;
+    st->sql = nargs > at + 1 ? args[at + 1] : NULL;
+    st->params = nargs > at + 2 && !(layout & QM_LAYOUT_NO_PARAMS) ? args[at + 2] : NULL;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     for (Py_ssize_t i = 0; i < nkw && (st->sql == NULL || st->params == NULL); i++) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, i);
@@ -830,6 +853,7 @@ meter_timed(MeterObject *self, PyObject *func)
     timed->func_vectorcall = PyVectorcall_Function(func);
     timed->dialect = NULL;
     timed->statement = 0;
+    timed->layout = 0;
     timed->dict = NULL;
     timed->weakreflist = NULL;
     timed->vectorcall = timed_vectorcall;
@@ -848,22 +872,24 @@ check_dialect(PyObject *dialect)
     return 0;
 }
 
-/* _timed_statement(func, dialect): _timed for a DB-API method whose calls
-   are (cursor, sql, params, ...): each call is also observed under its text. */
+/* _timed_statement(func, dialect, layout=0): _timed for a method whose calls
+   hold a statement where `layout` says: each call is also observed under it. */
 static PyObject *
 meter_timed_statement(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_timed_statement() takes func and dialect");
+    if (nargs < 2 || nargs > 3) {
+        PyErr_SetString(PyExc_TypeError, "_timed_statement() takes func, dialect and layout");
         return NULL;
     }
-    if (check_dialect(args[1]) < 0) {
+    int layout = 0;
+    if (check_dialect(args[1]) < 0 || (nargs == 3 && check_layout(args[2], &layout) < 0)) {
         return NULL;
     }
     TimedObject *timed = (TimedObject *)meter_timed(self, args[0]);
     if (timed != NULL) {
         timed->dialect = Py_NewRef(args[1]);
         timed->statement = 1;
+        timed->layout = layout;
     }
     return (PyObject *)timed;
 }
@@ -890,18 +916,19 @@ meter_call(MeterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
     return result;
 }
 
-/* _call_statement(dialect, func, /, *args, **kwargs): _call for a DB-API
-   call (cursor, sql, params, ...), also observed under its text. */
+/* _call_statement(dialect, layout, func, /, *args, **kwargs): _call for a
+   call whose statement is where `layout` says, also observed under it. */
 static PyObject *
 meter_call_statement(MeterObject *self, PyObject *const *args, Py_ssize_t nargs,
                      PyObject *kwnames)
 {
-    if (nargs < 2) {
+    if (nargs < 3) {
         PyErr_SetString(PyExc_TypeError, "_call_statement() missing required arguments");
         return NULL;
     }
     PyObject *dialect = args[0];
-    if (check_dialect(dialect) < 0) {
+    int layout;
+    if (check_dialect(dialect) < 0 || check_layout(args[1], &layout) < 0) {
         return NULL;
     }
     int64_t start;
@@ -909,13 +936,13 @@ meter_call_statement(MeterObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (query_begin(self, &start, &epoch) < 0) {
         return NULL;
     }
-    PyObject *const *call_args = args + 2;
-    Py_ssize_t call_nargs = nargs - 2;
-    PyObject *result = PyObject_Vectorcall(args[1], call_args, (size_t)call_nargs, kwnames);
+    PyObject *const *call_args = args + 3;
+    Py_ssize_t call_nargs = nargs - 3;
+    PyObject *result = PyObject_Vectorcall(args[2], call_args, (size_t)call_nargs, kwnames);
     statement_ref st;
     const statement_ref *stp = NULL;
     if (observing(self)) {
-        stp = statement_of_call(dialect, call_args, call_nargs, kwnames, &st);
+        stp = statement_of_call(dialect, layout, call_args, call_nargs, kwnames, &st);
     }
     if (query_end_observed(self, start, epoch, result == NULL, NULL, stp, NULL) < 0) {
         Py_XDECREF(result);
@@ -956,7 +983,8 @@ static PyObject *meter_async_iterating(MeterObject *self, PyObject *const *args,
                                        Py_ssize_t nargs);
 
 /* A shape's arguments: (target, statement=None), the statement a tuple
-   (dialect, sql, params).  *statement is NULL for None.  -1 on bad input. */
+   (dialect, sql, params) or (dialect, sql, params, cursor), the cursor's
+   rowcount read at the end.  *statement is NULL for None.  -1 on bad input. */
 static int
 shape_arguments(const char *name, PyObject *const *args, Py_ssize_t nargs,
                 PyObject **target, PyObject **statement)
@@ -970,9 +998,10 @@ shape_arguments(const char *name, PyObject *const *args, Py_ssize_t nargs,
     *statement = NULL;
     if (nargs == 2 && args[1] != Py_None) {
         PyObject *st = args[1];
-        if (!PyTuple_CheckExact(st) || PyTuple_GET_SIZE(st) != 3) {
+        if (!PyTuple_CheckExact(st) || PyTuple_GET_SIZE(st) < 3 || PyTuple_GET_SIZE(st) > 4) {
             PyErr_Format(PyExc_TypeError,
-                         "%s(): statement must be a tuple (dialect, sql, params) or None", name);
+                         "%s(): statement must be a tuple (dialect, sql, params[, cursor]) "
+                         "or None", name);
             return -1;
         }
         if (check_dialect(PyTuple_GET_ITEM(st, 0)) < 0) {
@@ -998,13 +1027,14 @@ static PyMethodDef meter_methods[] = {
      PyDoc_STR("_call(func, /, *args, **kwargs) -> result\n\n"
                "Call func(*args, **kwargs), counted as one query.")},
     {"_timed_statement", (PyCFunction)(void (*)(void))meter_timed_statement, METH_FASTCALL,
-     PyDoc_STR("_timed_statement(func, dialect) -> callable\n\n"
-               "_timed for a DB-API method (cursor, sql, params, ...): also observed under its text.")},
+     PyDoc_STR("_timed_statement(func, dialect, layout=0) -> callable\n\n"
+               "_timed for a method whose calls hold a statement where layout says "
+               "(0: cursor, sql, params): each call is also observed under it.")},
     {"_call_statement", (PyCFunction)(void (*)(void))meter_call_statement,
      METH_FASTCALL | METH_KEYWORDS,
-     PyDoc_STR("_call_statement(dialect, func, /, *args, **kwargs) -> result\n\n"
-               "Call func(*args, **kwargs), a DB-API call (cursor, sql, params, ...), "
-               "counted as one query and observed under its text.")},
+     PyDoc_STR("_call_statement(dialect, layout, func, /, *args, **kwargs) -> result\n\n"
+               "Call func(*args, **kwargs), counted as one query and observed under the "
+               "statement where layout says (0: cursor, sql, params).")},
     {"_observe", (PyCFunction)(void (*)(void))meter_observe, METH_FASTCALL,
      PyDoc_STR("_observe(statements, sampling) -> None\n\n"
                "What the meter observes of each query it counts from now on (None: nothing).")},
@@ -1231,7 +1261,8 @@ timed_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
     statement_ref st;
     const statement_ref *stp = NULL;
     if (self->statement && observing(m)) {
-        stp = statement_of_call(self->dialect, args, PyVectorcall_NARGS(nargsf), kwnames, &st);
+        stp = statement_of_call(self->dialect, self->layout, args, PyVectorcall_NARGS(nargsf),
+                                kwnames, &st);
     }
     if (query_end_observed(m, start, epoch, result == NULL, NULL, stp, NULL) < 0) {
         Py_XDECREF(result);

@@ -369,12 +369,14 @@ class MeterCore:
 
         return timed  # type: ignore[return-value]
 
-    def _timed_statement(self, func: _F, dialect: str | None) -> _F:
-        """_timed_statement(func, dialect) -> callable
+    def _timed_statement(self, func: _F, dialect: str | None, layout: int = 0) -> _F:
+        """_timed_statement(func, dialect, layout=0) -> callable
 
-        _timed for a DB-API method (cursor, sql, params, ...): also observed under its text.
+        _timed for a method whose calls hold a statement where layout says
+        (0: cursor, sql, params): each call is also observed under it.
         """
         _check_dialect(dialect)
+        _check_layout(layout)
         if not callable(func):
             raise TypeError(f"cannot track {type(func).__name__}: it is not callable")
         enter, exit_ = self._enter, self._exit
@@ -385,29 +387,36 @@ class MeterCore:
             try:
                 result = func(*args, **kwargs)
             except BaseException:
-                exit_(start, epoch, True, _statement_of_call(meter, dialect, args, kwargs))
+                exit_(start, epoch, True, _statement_of_call(meter, dialect, layout, args, kwargs))
                 raise
-            exit_(start, epoch, False, _statement_of_call(meter, dialect, args, kwargs))
+            exit_(start, epoch, False, _statement_of_call(meter, dialect, layout, args, kwargs))
             return result
 
         return timed  # type: ignore[return-value]
 
     def _call_statement(
-        self, dialect: str | None, func: Callable[..., _R], /, *args: Any, **kwargs: Any
+        self,
+        dialect: str | None,
+        layout: int,
+        func: Callable[..., _R],
+        /,
+        *args: Any,
+        **kwargs: Any,
     ) -> _R:
-        """_call_statement(dialect, func, /, *args, **kwargs) -> result
+        """_call_statement(dialect, layout, func, /, *args, **kwargs) -> result
 
-        Call func(*args, **kwargs), a DB-API call (cursor, sql, params, ...),
-        counted as one query and observed under its text.
+        Call func(*args, **kwargs), counted as one query and observed under the
+        statement where layout says (0: cursor, sql, params).
         """
         _check_dialect(dialect)
+        _check_layout(layout)
         start, epoch = self._enter()
         try:
             result = func(*args, **kwargs)
         except BaseException:
-            self._exit(start, epoch, True, _statement_of_call(self, dialect, args, kwargs))
+            self._exit(start, epoch, True, _statement_of_call(self, dialect, layout, args, kwargs))
             raise
-        self._exit(start, epoch, False, _statement_of_call(self, dialect, args, kwargs))
+        self._exit(start, epoch, False, _statement_of_call(self, dialect, layout, args, kwargs))
         return result
 
     def _observe(self, statements: Statements | None, sampling: Sampling | None) -> None:
@@ -437,14 +446,14 @@ class MeterCore:
         return result
 
     def _awaiting(
-        self, awaitable: Awaitable[_R], statement: tuple[Any, Any, Any] | None = None, /
+        self, awaitable: Awaitable[_R], statement: tuple[Any, ...] | None = None, /
     ) -> Awaitable[_R]:
         """_awaiting(awaitable, statement=None, /) -> awaitable counted as one query
         from its first step to its end."""
         return _Awaiting(self, awaitable, _shape_statement("_awaiting", statement))
 
     def _iterating(
-        self, iterator: Iterable[_R], statement: tuple[Any, Any, Any] | None = None, /
+        self, iterator: Iterable[_R], statement: tuple[Any, ...] | None = None, /
     ) -> Iterator[_R]:
         """_iterating(iterator, statement=None, /) -> iterator counted as one query
         from the first item to its end."""
@@ -452,7 +461,7 @@ class MeterCore:
         return _Iterating(self, iter(iterator), ref)
 
     def _async_iterating(
-        self, iterator: AsyncIterator[_R], statement: tuple[Any, Any, Any] | None = None, /
+        self, iterator: AsyncIterator[_R], statement: tuple[Any, ...] | None = None, /
     ) -> AsyncIterator[_R]:
         """_async_iterating(iterator, statement=None, /) -> async iterator counted as
         one query, first item to end."""
@@ -516,29 +525,48 @@ def _check_dialect(dialect: object) -> None:
         raise TypeError(f"dialect must be a str or None, not {type(dialect).__name__}")
 
 
+def _check_layout(layout: object) -> None:
+    if not isinstance(layout, int) or not 0 <= layout <= 7:
+        raise ValueError("layout must be an int from 0 to 7")
+
+
+# Where a call's statement is: the cursor at args[layout & 3], the text after
+# it, then the parameters unless layout & 4 (see _c.c).
+_LAYOUT_CURSOR = 3
+_LAYOUT_NO_PARAMS = 4
+
+
 def _shape_statement(name: str, statement: object) -> StatementRef | None:
-    """A shape's statement, (dialect, sql, params), as observing takes it."""
+    """A shape's statement, (dialect, sql, params[, cursor]), as observing takes it."""
     if statement is None:
         return None
-    if type(statement) is not tuple or len(statement) != 3:
-        raise TypeError(f"{name}(): statement must be a tuple (dialect, sql, params) or None")
+    if type(statement) is not tuple or not 3 <= len(statement) <= 4:
+        raise TypeError(
+            f"{name}(): statement must be a tuple (dialect, sql, params[, cursor]) or None"
+        )
     _check_dialect(statement[0])
-    return (statement[0], statement[1], statement[2], None)
+    cursor = statement[3] if len(statement) == 4 else None
+    return (statement[0], statement[1], statement[2], cursor)
 
 
 _SQL_NAMES = ("sql", "query", "operation", "statement", "sql_script", "procname")
-_PARAMS_NAMES = ("parameters", "params", "args", "vars", "seq_of_parameters")
+_PARAMS_NAMES = ("parameters", "params", "args", "vars", "seq_of_parameters", "params_seq")
 
 
 def _statement_of_call(
-    meter: MeterCore, dialect: str | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    meter: MeterCore,
+    dialect: str | None,
+    layout: int,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
 ) -> StatementRef | None:
-    """The statement of a DB-API call (cursor, sql, params, ...), when the meter observes."""
+    """The statement of a call laid out as ``layout`` says, when the meter observes."""
     if meter._statements is None and meter._sampling is None:
         return None
-    rows_from = args[0] if len(args) >= 1 else None
-    sql = args[1] if len(args) >= 2 else None
-    params = args[2] if len(args) >= 3 else None
+    at = layout & _LAYOUT_CURSOR
+    rows_from = args[at] if len(args) > at else None
+    sql = args[at + 1] if len(args) > at + 1 else None
+    params = args[at + 2] if len(args) > at + 2 and not layout & _LAYOUT_NO_PARAMS else None
     for name, value in kwargs.items():
         if sql is None and name in _SQL_NAMES:
             sql = value

@@ -59,6 +59,15 @@ def _coroutine_function(method: Any) -> Callable[..., Coroutine[Any, Any, Any]]:
 # in a chain becomes a pass-through (``patch.active``).
 
 
+def _statement(
+    args: tuple[Any, ...], kwargs: dict[str, Any], cursor: Any = None
+) -> tuple[Any, ...]:
+    """(dialect, sql, params, cursor) of a call (sql, parameters=None), as sqlite3 names them."""
+    sql = args[0] if args else kwargs.get("sql", kwargs.get("sql_script"))
+    params = args[1] if len(args) > 1 else kwargs.get("parameters")
+    return ("sqlite", sql, params, cursor)
+
+
 def shortcut(patch: Patch) -> Any:
     """A connection method: its coroutine is the query; it still returns aiosqlite's Result."""
     inner = _coroutine_function(patch.own)
@@ -69,7 +78,7 @@ def shortcut(patch: Patch) -> Any:
             return await inner(self, *args, **kwargs)
         # The core's awaitable pairs begin and end; a cancellation (the
         # application stopped waiting) ends the query as an error.
-        return await meter._awaiting(inner(self, *args, **kwargs))
+        return await meter._awaiting(inner(self, *args, **kwargs), _statement(args, kwargs))
 
     like(counted, inner)
     return aiosqlite.context.contextmanager(counted)
@@ -83,7 +92,7 @@ def _counted_cursor_method(patch: Patch) -> Any:
         meter = connection_meter(self._conn)
         if meter is None or not patch.active:
             return await own(self, *args, **kwargs)
-        return await meter._awaiting(own(self, *args, **kwargs))
+        return await meter._awaiting(own(self, *args, **kwargs), _statement(args, kwargs, self))
 
     return like(method, own)
 

@@ -105,6 +105,25 @@ def _mark_coroutine_function(function: Callable[..., Any]) -> Callable[..., Any]
 # chain becomes a pass-through (``patch.active``).
 
 
+# The dialect of asyncpg's statements, for their fingerprints.
+POSTGRESQL = "postgresql"
+# The Connection methods whose first argument is the statement; the copy_*
+# methods that take a table are counted without statement text.
+_QUERY_METHODS = frozenset(
+    ("execute", "executemany", "fetch", "fetchrow", "fetchval", "fetchmany", "copy_from_query")
+)
+
+
+def _query_statement(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """(dialect, sql, params) of a call (query, *args): executemany's rows are its one argument."""
+    sql = args[0] if args else kwargs.get("query", kwargs.get("command"))
+    return (POSTGRESQL, sql, args[1:] or kwargs.get("args"))
+
+
+def _no_statement(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    return None
+
+
 def _connection_query(patch: Patch) -> Any:
     """A Connection method returning a coroutine: the coroutine is the query."""
     original = patch.original
@@ -114,8 +133,9 @@ def _connection_query(patch: Patch) -> Any:
         meter = connection_meter(self)
         if meter is None or not patch.active or driver_own():
             return original(self, *args, **kwargs)
-        return meter._awaiting(original(self, *args, **kwargs))
+        return meter._awaiting(original(self, *args, **kwargs), statement(args, kwargs))
 
+    statement = _query_statement if patch.name in _QUERY_METHODS else _no_statement
     return _mark_coroutine_function(like(query, original))
 
 
@@ -127,7 +147,10 @@ def _resource_query(patch: Patch) -> Any:
         meter = connection_meter(self._connection)
         if meter is None or not patch.active:
             return original(self, *args, **kwargs)
-        return meter._awaiting(original(self, *args, **kwargs))
+        # A prepared statement's or cursor's query is its own (``_query``, a slot).
+        return meter._awaiting(
+            original(self, *args, **kwargs), (POSTGRESQL, self._query, args or None)
+        )
 
     return _mark_coroutine_function(like(query, original))
 
@@ -141,7 +164,7 @@ def _cursor_iteration(patch: Patch) -> Any:
         meter = connection_meter(self._connection)
         if meter is None or not patch.active:
             return rows
-        return meter._async_iterating(rows)
+        return meter._async_iterating(rows, (POSTGRESQL, self._query, self._args or None))
 
     return like(__aiter__, original)
 

@@ -28,6 +28,7 @@ __all__ = [
     "original_class",
     "quiet_subclass",
     "timed",
+    "timed_statement",
 ]
 
 CountedMethod = Callable[[Meter, type, str], Any]
@@ -194,3 +195,13 @@ def quiet_subclass(name: str, bases: tuple[type, ...], namespace: dict[str, Any]
 def timed(meter: Meter, base: type, name: str) -> Any:
     """Each call is one query: the meter's call wrapper around the base's method."""
     return meter.tracked(getattr(base, name))
+
+
+def timed_statement(dialect: str) -> CountedMethod:
+    """Each call is one query, observed under its statement (cursor, sql, params, ...)
+    in ``dialect`` when the meter aggregates statements or samples."""
+
+    def make(meter: Meter, base: type, name: str) -> Any:
+        return meter._timed_statement(getattr(base, name), dialect)
+
+    return make

@@ -130,6 +130,10 @@ IN_BATCH = "__querymeter_batch__"
 COUNTING = "__querymeter_counting__"
 
 
+# The dialect of the statements these cursors send, for their fingerprints.
+MYSQL = "mysql"
+
+
 def cursor_call(patch: Patch) -> Any:
     """``execute`` and ``callproc``: each call is one query, except inside a batch."""
     own = patch.own
@@ -148,10 +152,10 @@ def cursor_call(patch: Patch) -> Any:
             return own(self, *args, **kwargs)
         if not kwargs:
             if len(args) == 1:
-                return meter._call(own, self, args[0])
+                return meter._call_statement(MYSQL, 0, own, self, args[0])
             if len(args) == 2:
-                return meter._call(own, self, args[0], args[1])
-        return meter._call(own, self, *args, **kwargs)
+                return meter._call_statement(MYSQL, 0, own, self, args[0], args[1])
+        return meter._call_statement(MYSQL, 0, own, self, *args, **kwargs)
 
     setattr(method, COUNTING, True)
     return like(method, own)
@@ -183,7 +187,7 @@ def cursor_batch(own_execute: Callable[..., Any]) -> Callable[[Patch], Any]:
             try:
                 state[name] = mark
                 # Timed by the meter's call wrapper: begin and end paired in the core.
-                return meter._call(own, self, *args, **kwargs)
+                return meter._call_statement(MYSQL, 0, own, self, *args, **kwargs)
             finally:
                 state.pop(name, None)
 

@@ -36,7 +36,7 @@ from ._connections import (
     forget_connection,
     set_connection_meter,
 )
-from ._in_place import InPlaceCounting, InPlaceTarget, cursor_batch, cursor_call
+from ._in_place import MYSQL, InPlaceCounting, InPlaceTarget, cursor_batch, cursor_call
 
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
@@ -78,7 +78,7 @@ def _counted_query(patch: Patch) -> Any:
         meter = connection_meter(self)
         if meter is None:
             return own(self, *args, **kwargs)
-        return meter._call(own, self, *args, **kwargs)
+        return meter._call_statement(MYSQL, 0, own, self, *args, **kwargs)
 
     return like(query, own)
 

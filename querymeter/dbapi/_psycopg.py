@@ -56,6 +56,25 @@ def connection_types() -> tuple[type, ...]:
 # ``self._conn`` (psycopg's slot, which ``cursor.connection`` returns).
 
 
+# The dialect of psycopg's statements, for their fingerprints.
+POSTGRESQL = "postgresql"
+
+
+def _statement(
+    args: tuple[Any, ...], kwargs: dict[str, Any], cursor: Any = None
+) -> tuple[Any, ...]:
+    """(dialect, sql, params, cursor) of a cursor method's call (query, params=None, ...)."""
+    sql = args[0] if args else kwargs.get("query")
+    params = args[1] if len(args) > 1 else kwargs.get("params", kwargs.get("params_seq"))
+    return (POSTGRESQL, sql, params, cursor)
+
+
+def _copy_text(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    """The text of a COPY statement, where it is a str (not a composed statement)."""
+    sql = _statement(args, kwargs)[1]
+    return sql if type(sql) is str else None
+
+
 def _counted_call(patch: Patch) -> Any:
     """A method that sends a statement and returns once it is done."""
     own = patch.own
@@ -73,10 +92,10 @@ def _counted_call(patch: Patch) -> Any:
             return own(self, *args, **kwargs)
         if not kwargs:
             if len(args) == 1:
-                return meter._call(own, self, args[0])
+                return meter._call_statement(POSTGRESQL, 0, own, self, args[0])
             if len(args) == 2:
-                return meter._call(own, self, args[0], args[1])
-        return meter._call(own, self, *args, **kwargs)
+                return meter._call_statement(POSTGRESQL, 0, own, self, args[0], args[1])
+        return meter._call_statement(POSTGRESQL, 0, own, self, *args, **kwargs)
 
     return like(method, own)
 
@@ -90,7 +109,7 @@ def _counted_coroutine(patch: Patch) -> Any:
         meter = connection_meter(self._conn)
         if meter is None or not patch.active:
             return await own(self, *args, **kwargs)
-        return await meter._awaiting(own(self, *args, **kwargs))
+        return await meter._awaiting(own(self, *args, **kwargs), _statement(args, kwargs, self))
 
     return like(method, own)
 
@@ -104,7 +123,7 @@ def _counted_stream(patch: Patch) -> Any:
         meter = connection_meter(self._conn)
         if meter is None or not patch.active:
             return rows  # type: ignore[no-any-return]
-        return meter._iterating(rows)
+        return meter._iterating(rows, _statement(args, kwargs))
 
     return like(stream, own)
 
@@ -117,20 +136,20 @@ def _counted_async_stream(patch: Patch) -> Any:
         meter = connection_meter(self._conn)
         if meter is None or not patch.active:
             return rows  # type: ignore[no-any-return]
-        return meter._async_iterating(rows)
+        return meter._async_iterating(rows, _statement(args, kwargs))
 
     return like(stream, own)
 
 
 @contextlib.contextmanager
-def _counted_block(meter: Meter, block: Any) -> Iterator[Any]:
-    with meter.track(), block as inner:
+def _counted_block(meter: Meter, block: Any, sql: str | None) -> Iterator[Any]:
+    with meter.track(sql), block as inner:
         yield inner
 
 
 @contextlib.asynccontextmanager
-async def _counted_async_block(meter: Meter, block: Any) -> AsyncIterator[Any]:
-    with meter.track():
+async def _counted_async_block(meter: Meter, block: Any, sql: str | None) -> AsyncIterator[Any]:
+    with meter.track(sql):
         async with block as inner:
             yield inner
 
@@ -144,7 +163,7 @@ def _counted_copy(patch: Patch) -> Any:
         meter = connection_meter(self._conn)
         if meter is None or not patch.active:
             return block
-        return _counted_block(meter, block)
+        return _counted_block(meter, block, _copy_text(args, kwargs))
 
     return like(copy, own)
 
@@ -157,7 +176,7 @@ def _counted_async_copy(patch: Patch) -> Any:
         meter = connection_meter(self._conn)
         if meter is None or not patch.active:
             return block
-        return _counted_async_block(meter, block)
+        return _counted_async_block(meter, block, _copy_text(args, kwargs))
 
     return like(copy, own)
 

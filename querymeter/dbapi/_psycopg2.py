@@ -24,7 +24,14 @@ import psycopg2.extensions
 from .._faults import report as report_fault
 from .._patching import Patch, like
 from ..meter import Meter
-from ._classes import BASE_ATTRIBUTE, counted_class, counted_meter, quiet_subclass, timed
+from ._classes import (
+    BASE_ATTRIBUTE,
+    counted_class,
+    counted_meter,
+    quiet_subclass,
+    timed,
+    timed_statement,
+)
 from ._connections import (
     ConnectionClasses,
     already_counted_by_other,
@@ -36,9 +43,16 @@ from ._connections import (
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
 NAME = "psycopg2"
+# copy_from and copy_to take a file and a table, not a statement: counted
+# without statement text.
+_POSTGRESQL = timed_statement("postgresql")
 CURSOR_METHODS = {
-    name: timed
-    for name in ("execute", "executemany", "callproc", "copy_expert", "copy_from", "copy_to")
+    "execute": _POSTGRESQL,
+    "executemany": _POSTGRESQL,
+    "callproc": _POSTGRESQL,
+    "copy_expert": _POSTGRESQL,
+    "copy_from": timed,
+    "copy_to": timed,
 }
 BASE_CONNECTION = psycopg2.extensions.connection
 BASE_CURSOR = psycopg2.extensions.cursor

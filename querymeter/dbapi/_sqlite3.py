@@ -23,7 +23,13 @@ from typing import Any
 from .._faults import report as report_fault
 from .._patching import Patch, like
 from ..meter import Meter
-from ._classes import BASE_ATTRIBUTE, counted_class, counted_meter, quiet_subclass, timed
+from ._classes import (
+    BASE_ATTRIBUTE,
+    counted_class,
+    counted_meter,
+    quiet_subclass,
+    timed_statement,
+)
 from ._connections import (
     ConnectionClasses,
     already_counted_by_other,
@@ -35,7 +41,8 @@ from ._connections import (
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
 NAME = "sqlite3"
-CURSOR_METHODS = {"execute": timed, "executemany": timed, "executescript": timed}
+_SQLITE = timed_statement("sqlite")
+CURSOR_METHODS = {"execute": _SQLITE, "executemany": _SQLITE, "executescript": _SQLITE}
 # The connection shortcuts, and how many positional arguments each takes
 # (none by keyword): sqlite3 raises its own error for any other call.
 SHORTCUTS = {"execute": (1, 2), "executemany": (2, 2), "executescript": (1, 1)}
@@ -345,7 +352,7 @@ def _proxy_shortcut(name: str) -> Callable[..., Any]:
             return own(connection, *args, **kwargs)
         if own is not plain:
             # The connection's class has its own: the call is the query.
-            return meter._call(own, connection, *args, **kwargs)
+            return meter._call_statement("sqlite", 0, own, connection, *args, **kwargs)
         return getattr(plain_cursor(connection, meter), name)(*args)
 
     method.__name__ = name

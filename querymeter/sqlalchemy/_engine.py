@@ -11,7 +11,8 @@ Statements are counted by putting, as instance attributes of
 
 At every call the stand-in looks the method up on the dialect's class, as
 attribute lookup would without it, and calls what it finds through the
-meter's call wrapper (``meter._call``: begin, call and end in one C call).
+meter's call wrapper (``meter._call_statement``: begin, call and end in one
+C call, then the statement observed when the meter aggregates statements).
 So a class-level patch of the method (``mock.patch.object(dialect class,
 "do_execute", ...)``, another tool's hook on the class) runs on an
 instrumented engine whether it was made before or after ``instrument``, and
@@ -52,6 +53,24 @@ from ._pool import PoolAccounting
 __all__ = ["STATEMENT_METHODS", "Instrumentation", "Lingering", "state_of"]
 
 STATEMENT_METHODS = ("do_execute", "do_executemany", "do_execute_no_params", "do_ping")
+# Where each method's statement is in a call with the dialect first (the core's
+# layouts: the cursor's position, and 4 for "no parameters after the text").
+# do_ping has none: its cursor position holds the connection, and no text.
+_LAYOUTS = {"do_execute": 1, "do_executemany": 1, "do_execute_no_params": 5, "do_ping": 1}
+# The fingerprint dialect of each SQLAlchemy dialect name; others get the default rules.
+_FINGERPRINT_DIALECTS = {
+    "postgresql": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mariadb",
+    "sqlite": "sqlite",
+}
+
+
+def fingerprint_dialect(dialect: Any) -> str | None:
+    """The fingerprint dialect of a SQLAlchemy dialect, by its name."""
+    name = getattr(dialect, "name", None)
+    return _FINGERPRINT_DIALECTS.get(name) if isinstance(name, str) else None
+
 
 # The dialect's attribute that holds its Instrumentation (or what lingers of one).
 STATE_ATTRIBUTE = "_querymeter_instrumentation"
@@ -140,7 +159,10 @@ class Instrumentation:
         if patch.has_own:
             # The dialect's own attribute shadows its class's: calling it is
             # what lookup would do without us, whatever the class holds.
-            return self.meter.tracked(patch.original)
+            counted: Callable[..., Any] = self.meter._timed_statement(
+                patch.original, fingerprint_dialect(patch.owner), _LAYOUTS[patch.name] - 1
+            )
+            return counted
         return _following_the_class(self.meter, patch.owner, patch.name)
 
     def uninstall(self) -> None:
@@ -184,7 +206,11 @@ def _following_the_class(meter: Meter, dialect: Any, name: str) -> Callable[...,
     one case the identity check cannot tell apart: that very function put
     back on the class inside a ``staticmethod``.)
     """
-    call = meter._call
+    call = meter._call_statement
+    family = fingerprint_dialect(dialect)
+    # With the dialect first (a plain function), and without (bound already).
+    layout = _LAYOUTS[name]
+    bound_layout = layout - 1
     # The class's attribute, last seen to be a plain function (so a method).
     method_function: Any = None
 
@@ -206,16 +232,31 @@ def _following_the_class(meter: Meter, dialect: Any, name: str) -> Callable[...,
         if function is not method_function:
             found, is_function = _class_attribute(dialect, name)
             if not is_function:
-                return call(found, *_passed(first, second, third, fourth), *more, **keywords)
+                return call(
+                    family,
+                    bound_layout,
+                    found,
+                    *_passed(first, second, third, fourth),
+                    *more,
+                    **keywords,
+                )
             method_function = function = found
         if not (more or keywords):
             if fourth is not _NOT_PASSED:
-                return call(function, dialect, first, second, third, fourth)
+                return call(family, layout, function, dialect, first, second, third, fourth)
             if third is not _NOT_PASSED:
-                return call(function, dialect, first, second, third)
+                return call(family, layout, function, dialect, first, second, third)
             if first is not _NOT_PASSED and second is _NOT_PASSED:
-                return call(function, dialect, first)
-        return call(function, dialect, *_passed(first, second, third, fourth), *more, **keywords)
+                return call(family, layout, function, dialect, first)
+        return call(
+            family,
+            layout,
+            function,
+            dialect,
+            *_passed(first, second, third, fourth),
+            *more,
+            **keywords,
+        )
 
     # Named after the method it stands for; no __wrapped__: what it calls
     # is decided at each call.

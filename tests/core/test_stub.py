@@ -92,7 +92,9 @@ def test_the_c_module_has_every_name_of_the_stub() -> None:
             assert hasattr(c_class, name), f"{class_name}.{name} missing in C"
 
 
-@pytest.mark.parametrize("name", ["MeterCore", "Token", "Tracker", "Occupancies"])
+@pytest.mark.parametrize(
+    "name", ["MeterCore", "Token", "Tracker", "Occupancies", "Statements", "Sampling"]
+)
 def test_the_c_module_and_the_twin_share_their_docstrings(name: str) -> None:
     """Each C type documents itself as its twin does."""
     load_meter_class("c")
