@@ -6,6 +6,7 @@ import functools
 import inspect
 import os
 import secrets
+import sys
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine
@@ -68,6 +69,14 @@ class _Observing:
 _observing_lock = threading.Lock()
 
 
+def _core_module(meter: Any) -> Any:
+    """The core module (C or Python) a meter counts with: its tables must be of the same."""
+    for cls in type(meter).__mro__:
+        if cls.__name__ == "MeterCore":
+            return sys.modules[cls.__module__]
+    return core
+
+
 def _observing(meter: Any) -> _Observing:
     observing: _Observing | None = getattr(meter, "_observing", None)
     if observing is None:
@@ -111,7 +120,7 @@ class _MeterAPI:
         the same ``max_statements`` returns the table in use; with another,
         raises ValueError (disable it first).
         """
-        table = StatementTable(max_statements)
+        table = StatementTable(max_statements, core_type=_core_module(self).Statements)
         observing = _observing(self)
         with observing.lock:
             current = observing.statements
@@ -152,7 +161,7 @@ class _MeterAPI:
         Parameters are not captured unless ``params`` is True (then as types and
         lengths only) or "raw".  Enabling sampling again replaces the running one.
         """
-        log = SampleLog(rate, slower_than, capacity, params)
+        log = SampleLog(rate, slower_than, capacity, params, core_type=_core_module(self).Sampling)
         observing = _observing(self)
         with observing.lock:
             observing.sampling = observing.last_sampling = log
@@ -214,12 +223,15 @@ class _MeterAPI:
         if old is None:
             return
         observing = _Observing()
+        module = _core_module(self)
         if old.statements is not None:
-            observing.statements = StatementTable(old.statements.max_statements)
+            observing.statements = StatementTable(
+                old.statements.max_statements, core_type=module.Statements
+            )
         if old.sampling is not None:
             log = old.sampling
             observing.sampling = observing.last_sampling = SampleLog(
-                log.rate, log.slower_than, log.capacity, log.params
+                log.rate, log.slower_than, log.capacity, log.params, core_type=module.Sampling
             )
         self._observing = observing  # type: ignore[attr-defined]
         observing.apply(self)

@@ -458,6 +458,51 @@ def test_a_sampler_fork_under_load(meter: MeterType) -> None:
     outcome.check()
 
 
+def test_statements_and_sampling_fork_under_load(instrumented_sqlite3: MeterType) -> None:
+    """Children forked while threads run new and repeated statements, take readings and
+    samples, start with a table and a sample log of their own, empty, as their counters."""
+    meter = instrumented_sqlite3
+    meter.enable_statements(max_statements=50)
+    meter.enable_sampling(rate=0.5, capacity=100)
+    # Through sqlite3 classes gated against the fork: a child forked while
+    # another thread is inside SQLite would inherit SQLite's own mutex held.
+    connection_class, cursor_class = gated_sqlite3_classes()
+    connections = [
+        sqlite3.connect(":memory:", factory=connection_class, check_same_thread=False)
+        for _ in range(3)
+    ]
+
+    def load(number: int) -> None:
+        cursor = connections[number].cursor(cursor_class)
+        cursor.execute(f"SELECT {number} + ?, 'text{time.monotonic_ns()}'", (1,))
+        cursor.execute("SELECT 1")
+        assert meter.statements is not None
+        meter.statements.snapshot()
+        meter.samples()
+
+    def in_child() -> bool:
+        table, log = meter.statements, meter.sampling
+        if table is None or log is None or len(table) or len(log) or meter.samples():
+            return False
+        connection = sqlite3.connect(":memory:")
+        for _ in range(3):
+            connection.execute("SELECT 2")
+        reading = table.snapshot()
+        return (
+            table.max_statements == 50
+            and [(row.fingerprint, row.calls) for row in reading] == [("select ?", 3)]
+            and reading.calls == meter.snapshot().queries == 3
+            and len(log) <= 3
+        )
+
+    try:
+        outcome = fork_under_load(load, in_child, threads=3)
+    finally:
+        for connection in connections:
+            connection.close()
+    outcome.check()
+
+
 # ------------------------------------------------------- every lock at once
 
 

@@ -125,7 +125,8 @@ class _Entry:
         if wall > self.last_seen:
             self.last_seen = wall
         self.usage += 1.0
-        self.counts[self._slot(bucket_of(elapsed))] += 1
+        slot = self._slot(bucket_of(elapsed))  # before self.counts: it may replace the list
+        self.counts[slot] += 1
 
     def merge(self, other: _Entry) -> None:
         if other.calls == 0:
@@ -145,7 +146,8 @@ class _Entry:
         for i in range(len(other.counts) - 1, -1, -1):
             count = other.counts[i]
             if count:
-                self.counts[self._slot(other.lo + i)] += count
+                slot = self._slot(other.lo + i)
+                self.counts[slot] += count
 
     def reading(self) -> tuple[Any, ...]:
         return (

@@ -126,7 +126,7 @@ def redact(params: Any) -> Any:
 
 def _raw(params: Any) -> Any:
     """Parameters as given, but never an iterator consumed: those by type only."""
-    if params is None or isinstance(params, list | tuple | Mapping | _SIZED | _PLAIN):
+    if params is None or isinstance(params, (list, tuple, Mapping, *_SIZED, *_PLAIN)):
         return params
     return _kind(params)
 
@@ -165,7 +165,11 @@ class SampleLog:
         slower_than: float | None = None,
         capacity: int = 1000,
         params: bool | str = False,
+        *,
+        core_type: Any = None,
     ) -> None:
+        """``core_type`` is the core's Sampling type, for a meter over the core
+        that is not the default (``meter_class("python")``); the meter passes it."""
         if isinstance(rate, bool) or not isinstance(rate, int | float):
             raise TypeError(f"rate must be a number from 0 to 1, not {type(rate).__name__}")
         if not 0 <= rate <= 1:
@@ -192,7 +196,8 @@ class SampleLog:
         self._ring: collections.deque[QuerySample] = collections.deque(maxlen=capacity)
         self._taken = 0
         self._lock = threading.Lock()
-        self._core = core.Sampling(self.rate, threshold_ns, self._capture, secrets.randbits(64))
+        sampling_type = core.Sampling if core_type is None else core_type
+        self._core = sampling_type(self.rate, threshold_ns, self._capture, secrets.randbits(64))
 
     def _capture(
         self,

@@ -63,7 +63,9 @@ class StatementTable:
 
     __slots__ = ("_core", "max_statements", "started_wall_ns", "table_id")
 
-    def __init__(self, max_statements: int = 5000) -> None:
+    def __init__(self, max_statements: int = 5000, *, core_type: Any = None) -> None:
+        """``core_type`` is the core's Statements type, for a meter over the core
+        that is not the default (``meter_class("python")``); the meter passes it."""
         if isinstance(max_statements, bool) or not isinstance(max_statements, int):
             raise TypeError(f"max_statements must be an int, not {type(max_statements).__name__}")
         if max_statements < 1:
@@ -74,7 +76,8 @@ class StatementTable:
         #: Unix time the table was enabled, ns.
         self.started_wall_ns = time.time_ns()
         cache_limit = max(_MIN_CACHE, _CACHE_PER_STATEMENT * max_statements)
-        self._core = core.Statements(_identify, max_statements, cache_limit)
+        statements_type = core.Statements if core_type is None else core_type
+        self._core = statements_type(_identify, max_statements, cache_limit)
 
     def snapshot(self) -> StatementsSnapshot:
         """Every statement's figures, read at one instant."""
