@@ -71,7 +71,7 @@ def _statement(
 
 def _copy_text(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
     """The text of a COPY statement, where it is a str (not a composed statement)."""
-    sql = _statement(args, kwargs)[1]
+    sql = args[0] if args else kwargs.get("statement")  # copy(statement, params=None, ...)
     return sql if type(sql) is str else None
 
 
