@@ -102,9 +102,10 @@ def require_pg_stat_statements() -> str:
                 connection.execute("SELECT count(*) FROM pg_stat_statements")
             _checked["pg_stat_statements"] = None
         except Exception as exc:
+            first_line = str(exc).splitlines()[0]
             _checked["pg_stat_statements"] = (
                 f"pg_stat_statements is not usable at {dsn!r} (it needs"
-                f" shared_preload_libraries and CREATE EXTENSION; see .ci/run): {exc}"
+                f" shared_preload_libraries and CREATE EXTENSION; see .ci/run): {first_line}"
             )
     if _checked["pg_stat_statements"]:
         unavailable(_checked["pg_stat_statements"])
