@@ -46,7 +46,7 @@ from typing import Any
 from .. import _faults
 from .._patching import Patch
 from ..meter import Meter
-from ._figures import PoolSnapshot
+from ._pool_readings import PoolSnapshot
 from ._handover import Handover
 from ._pool import PoolAccounting
 
