@@ -97,6 +97,7 @@ typedef struct {
     int has_elapsed;  /* whether a block has ended */
     int entered;
     PyObject *sql;    /* the block's statement text, or NULL */
+    PyObject *dialect;  /* its dialect, or NULL */
 } TrackerObject;
 
 typedef struct {
@@ -450,19 +451,21 @@ name_in(PyObject *name, const char *const *names)
 }
 
 /* Where a call's statement is: the cursor at args[layout & 3], the text
-   after it, then the parameters unless layout & 4.  0 is a DB-API method
-   (cursor, sql, params, ...); 1 SQLAlchemy's do_execute called with its
-   dialect first; 5 its do_execute_no_params (dialect, cursor, sql, context). */
+   after it, then the parameters unless layout & 4; the cursor's rowcount is
+   read unless layout & 8 (a method that leaves it as it was).  0 is a DB-API
+   method (cursor, sql, params, ...); 1 SQLAlchemy's do_execute called with
+   its dialect first; 5 its do_execute_no_params (dialect, cursor, sql, context). */
 #define QM_LAYOUT_CURSOR 3
 #define QM_LAYOUT_NO_PARAMS 4
+#define QM_LAYOUT_NO_ROWS 8
 
 static int
 check_layout(PyObject *layout, int *value)
 {
     long v = PyLong_Check(layout) ? PyLong_AsLong(layout) : -1;
-    if (v < 0 || v > 7) {
+    if (v < 0 || v > 15) {
         PyErr_Clear();
-        PyErr_SetString(PyExc_ValueError, "layout must be an int from 0 to 7");
+        PyErr_SetString(PyExc_ValueError, "layout must be an int from 0 to 15");
         return -1;
     }
     *value = (int)v;
@@ -480,10 +483,11 @@ statement_of_call(PyObject *dialect, int layout, PyObject *const *args, Py_ssize
     static const char *const sql_names[] = {"sql", "query", "operation", "statement",
                                             "sql_script", "procname", NULL};
     static const char *const params_names[] = {"parameters", "params", "args", "vars",
-                                               "seq_of_parameters", "params_seq", NULL};
+                                               "seq_of_parameters", "params_seq", "vars_list",
+                                               NULL};
     Py_ssize_t at = layout & QM_LAYOUT_CURSOR;
     st->dialect = dialect;
-    st->rows_from = nargs > at ? args[at] : NULL;
+    st->rows_from = nargs > at && !(layout & QM_LAYOUT_NO_ROWS) ? args[at] : NULL;
     st->sql = nargs > at + 1 ? args[at + 1] : NULL;
     st->params = nargs > at + 2 && !(layout & QM_LAYOUT_NO_PARAMS) ? args[at + 2] : NULL;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
@@ -829,7 +833,33 @@ meter_track(MeterObject *self, PyObject *args, PyObject *kwargs)
     tracker->has_elapsed = 0;
     tracker->entered = 0;
     tracker->sql = sql == Py_None ? NULL : Py_NewRef(sql);
+    tracker->dialect = NULL;
     PyObject_GC_Track(tracker);
+    return (PyObject *)tracker;
+}
+
+static int check_dialect(PyObject *dialect);
+
+/* _track_statement(sql, dialect): track(sql) with the dialect of its text. */
+static PyObject *
+meter_track_statement(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_track_statement() takes sql and dialect");
+        return NULL;
+    }
+    if (check_dialect(args[1]) < 0) {
+        return NULL;
+    }
+    PyObject *call_args = PyTuple_Pack(1, args[0]);
+    if (call_args == NULL) {
+        return NULL;
+    }
+    TrackerObject *tracker = (TrackerObject *)meter_track(self, call_args, NULL);
+    Py_DECREF(call_args);
+    if (tracker != NULL && args[1] != Py_None) {
+        tracker->dialect = Py_NewRef(args[1]);
+    }
     return (PyObject *)tracker;
 }
 
@@ -1021,6 +1051,8 @@ static PyMethodDef meter_methods[] = {
                "End the query that begin() returned `token` for; return its elapsed ns.")},
     {"track", (PyCFunction)(void (*)(void))meter_track, METH_VARARGS | METH_KEYWORDS,
      PyDoc_STR("track(sql=None) -> context manager counting its block as one query.")},
+    {"_track_statement", (PyCFunction)(void (*)(void))meter_track_statement, METH_FASTCALL,
+     PyDoc_STR("_track_statement(sql, dialect) -> track(sql) with the dialect of its text.")},
     {"_timed", (PyCFunction)meter_timed, METH_O,
      PyDoc_STR("_timed(func) -> callable counting each call of func as one query.")},
     {"_call", (PyCFunction)(void (*)(void))meter_call, METH_FASTCALL | METH_KEYWORDS,
@@ -1124,6 +1156,7 @@ tracker_traverse(TrackerObject *self, visitproc visit, void *arg)
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->meter);
     Py_VISIT(self->sql);
+    Py_VISIT(self->dialect);
     return 0;
 }
 
@@ -1132,6 +1165,7 @@ tracker_clear(TrackerObject *self)
 {
     Py_CLEAR(self->meter);
     Py_CLEAR(self->sql);
+    Py_CLEAR(self->dialect);
     return 0;
 }
 
@@ -1183,7 +1217,7 @@ tracker_exit(TrackerObject *self, PyObject *const *args, Py_ssize_t nargs)
     }
     int error = args[0] != Py_None;
     self->entered = 0;
-    statement_ref st = {NULL, self->sql, NULL, NULL};
+    statement_ref st = {self->dialect, self->sql, NULL, NULL};
     int status = query_end_observed(self->meter, self->start_ns, self->epoch, error,
                                     &self->elapsed_ns, &st, error ? args[0] : NULL);
     self->has_elapsed = 1;

@@ -347,7 +347,14 @@ class MeterCore:
         """track(sql=None) -> context manager counting its block as one query."""
         if sql is not None and not isinstance(sql, str):
             raise TypeError(f"sql must be a str or None, not {type(sql).__name__}")
-        return _new_tracker(self, sql)
+        return _new_tracker(self, sql, None)
+
+    def _track_statement(self, sql: str | None, dialect: str | None) -> Tracker:
+        """_track_statement(sql, dialect) -> track(sql) with the dialect of its text."""
+        _check_dialect(dialect)
+        tracker = self.track(sql)
+        tracker._dialect = dialect
+        return tracker
 
     def _timed(self, func: _F) -> _F:
         """_timed(func) -> callable counting each call of func as one query."""
@@ -526,14 +533,16 @@ def _check_dialect(dialect: object) -> None:
 
 
 def _check_layout(layout: object) -> None:
-    if not isinstance(layout, int) or not 0 <= layout <= 7:
-        raise ValueError("layout must be an int from 0 to 7")
+    if not isinstance(layout, int) or not 0 <= layout <= 15:
+        raise ValueError("layout must be an int from 0 to 15")
 
 
 # Where a call's statement is: the cursor at args[layout & 3], the text after
-# it, then the parameters unless layout & 4 (see _c.c).
+# it, then the parameters unless layout & 4; rowcount read unless layout & 8
+# (see _c.c).
 _LAYOUT_CURSOR = 3
 _LAYOUT_NO_PARAMS = 4
+_LAYOUT_NO_ROWS = 8
 
 
 def _shape_statement(name: str, statement: object) -> StatementRef | None:
@@ -550,7 +559,15 @@ def _shape_statement(name: str, statement: object) -> StatementRef | None:
 
 
 _SQL_NAMES = ("sql", "query", "operation", "statement", "sql_script", "procname")
-_PARAMS_NAMES = ("parameters", "params", "args", "vars", "seq_of_parameters", "params_seq")
+_PARAMS_NAMES = (
+    "parameters",
+    "params",
+    "args",
+    "vars",
+    "seq_of_parameters",
+    "params_seq",
+    "vars_list",
+)
 
 
 def _statement_of_call(
@@ -564,7 +581,7 @@ def _statement_of_call(
     if meter._statements is None and meter._sampling is None:
         return None
     at = layout & _LAYOUT_CURSOR
-    rows_from = args[at] if len(args) > at else None
+    rows_from = args[at] if len(args) > at and not layout & _LAYOUT_NO_ROWS else None
     sql = args[at + 1] if len(args) > at + 1 else None
     params = args[at + 2] if len(args) > at + 2 and not layout & _LAYOUT_NO_PARAMS else None
     for name, value in kwargs.items():
@@ -578,13 +595,14 @@ def _statement_of_call(
 class Tracker:
     """Counts a `with` block as one query; an exception counts as an error."""
 
-    __slots__ = ("_elapsed_ns", "_entered", "_epoch", "_meter", "_sql", "_start_ns")
+    __slots__ = ("_dialect", "_elapsed_ns", "_entered", "_epoch", "_meter", "_sql", "_start_ns")
 
     _elapsed_ns: int
     _entered: bool
     _epoch: int
     _meter: MeterCore
     _sql: str | None
+    _dialect: str | None
     _start_ns: int
 
     def __init__(self) -> None:
@@ -624,7 +642,7 @@ class Tracker:
             self._entered = False
         if not entered:
             raise RuntimeError("__exit__() called on a track() block that is not running")
-        statement = None if self._sql is None else (None, self._sql, None, None)
+        statement = None if self._sql is None else (self._dialect, self._sql, None, None)
         self._elapsed_ns = meter._exit(
             self._start_ns, self._epoch, exc_type is not None, statement, exc_type
         )
@@ -632,10 +650,11 @@ class Tracker:
         return False
 
 
-def _new_tracker(meter: MeterCore, sql: str | None) -> Tracker:
+def _new_tracker(meter: MeterCore, sql: str | None, dialect: str | None) -> Tracker:
     tracker = object.__new__(Tracker)
     tracker._meter = meter
     tracker._sql = sql
+    tracker._dialect = dialect
     tracker._start_ns = 0
     tracker._epoch = 0
     tracker._elapsed_ns = -1

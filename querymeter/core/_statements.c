@@ -53,7 +53,8 @@ typedef struct {
     int32_t lo;             /* histogram window: buckets lo .. lo + span - 1 */
     int32_t span;
     int32_t capacity;
-    uint64_t *counts;
+    int wide;               /* counts are uint64_t once a uint32_t one would overflow */
+    void *counts;           /* uint32_t, or uint64_t when wide */
 } EntryObject;
 
 typedef struct {
@@ -103,19 +104,53 @@ bucket_of(uint64_t value)
            + (int32_t)((value >> (exponent - QM_SUB_BITS)) & (QM_SUB - 1));
 }
 
+/* Counts are 32-bit, half the memory of a table's histograms, until one
+   would overflow: then the entry's counts become 64-bit. */
+static inline uint64_t
+histogram_count(const EntryObject *e, int32_t i)
+{
+    return e->wide ? ((const uint64_t *)e->counts)[i] : ((const uint32_t *)e->counts)[i];
+}
+
+/* Puts `values` (span of them) into a new array of `capacity` counts, 32-bit
+   unless `wide` or a value needs 64.  -1 when memory ran out. */
+static int
+histogram_store(EntryObject *e, const uint64_t *values, int32_t span, int32_t capacity, int wide)
+{
+    for (int32_t i = 0; i < span && !wide; i++) {
+        wide = values[i] > UINT32_MAX;
+    }
+    void *counts = PyMem_RawCalloc((size_t)capacity, wide ? sizeof(uint64_t) : sizeof(uint32_t));
+    if (counts == NULL) {
+        return -1;
+    }
+    for (int32_t i = 0; i < span; i++) {
+        if (wide) {
+            ((uint64_t *)counts)[i] = values[i];
+        }
+        else {
+            ((uint32_t *)counts)[i] = (uint32_t)values[i];
+        }
+    }
+    PyMem_RawFree(e->counts);
+    e->counts = counts;
+    e->capacity = capacity;
+    e->wide = wide;
+    return 0;
+}
+
 /* Makes room for bucket `b` in the window; returns the index of the count
    that takes it (the lowest one when `b` is below a full window), or -1 when
-   memory ran out (the value then goes unrecorded in the histogram only). */
+   memory ran out (the value then goes unrecorded in the histogram only).
+   The window grows 16 buckets at a time, to at most QM_MAX_BUCKETS. */
 static Py_ssize_t
 histogram_slot(EntryObject *e, int32_t b)
 {
     if (e->span == 0) {
-        uint64_t *counts = PyMem_RawCalloc(16, sizeof(uint64_t));
-        if (counts == NULL) {
+        uint64_t none = 0;
+        if (histogram_store(e, &none, 1, 16, 0) < 0) {
             return -1;
         }
-        e->counts = counts;
-        e->capacity = 16;
         e->lo = b;
         e->span = 1;
         return 0;
@@ -131,38 +166,21 @@ histogram_slot(EntryObject *e, int32_t b)
         new_lo = new_hi - QM_MAX_BUCKETS + 1;
     }
     int32_t new_span = new_hi - new_lo + 1;
-    if (new_span > e->capacity) {
-        int32_t capacity = e->capacity;
-        while (capacity < new_span) {
-            capacity *= 2;
-        }
+    uint64_t moved[QM_MAX_BUCKETS];
+    memset(moved, 0, sizeof(moved));
+    for (int32_t i = 0; i < e->span; i++) {
+        int32_t bucket = e->lo + i;
+        moved[bucket < new_lo ? 0 : bucket - new_lo] += histogram_count(e, i);
+    }
+    int32_t capacity = e->capacity;
+    if (new_span > capacity) {
+        capacity = (new_span + 15) & ~15;
         if (capacity > QM_MAX_BUCKETS) {
             capacity = QM_MAX_BUCKETS;
         }
-        uint64_t *counts = PyMem_RawCalloc((size_t)capacity, sizeof(uint64_t));
-        if (counts == NULL) {
-            return -1;
-        }
-        /* Old buckets below new_lo collapse into new_lo. */
-        for (int32_t i = 0; i < e->span; i++) {
-            int32_t bucket = e->lo + i;
-            int32_t to = bucket < new_lo ? 0 : bucket - new_lo;
-            counts[to] += e->counts[i];
-        }
-        PyMem_RawFree(e->counts);
-        e->counts = counts;
-        e->capacity = capacity;
     }
-    else {
-        uint64_t moved[QM_MAX_BUCKETS];
-        memset(moved, 0, sizeof(moved));
-        for (int32_t i = 0; i < e->span; i++) {
-            int32_t bucket = e->lo + i;
-            int32_t to = bucket < new_lo ? 0 : bucket - new_lo;
-            moved[to] += e->counts[i];
-        }
-        memset(e->counts, 0, (size_t)e->capacity * sizeof(uint64_t));
-        memcpy(e->counts, moved, (size_t)new_span * sizeof(uint64_t));
+    if (histogram_store(e, moved, new_span, capacity, e->wide) < 0) {
+        return -1;
     }
     e->lo = new_lo;
     e->span = new_span;
@@ -173,9 +191,24 @@ static inline void
 histogram_add(EntryObject *e, int32_t bucket, uint64_t count)
 {
     Py_ssize_t slot = histogram_slot(e, bucket);
-    if (slot >= 0) {
-        e->counts[slot] += count;
+    if (slot < 0) {
+        return;
     }
+    if (!e->wide) {
+        uint32_t *counts = e->counts;
+        if ((uint64_t)counts[slot] + count <= UINT32_MAX) {
+            counts[slot] += (uint32_t)count;
+            return;
+        }
+        uint64_t values[QM_MAX_BUCKETS];
+        for (int32_t i = 0; i < e->span; i++) {
+            values[i] = counts[i];
+        }
+        if (histogram_store(e, values, e->span, e->capacity, 1) < 0) {
+            return;
+        }
+    }
+    ((uint64_t *)e->counts)[slot] += count;
 }
 
 /* ---------------------------------------------------------------- Entry */
@@ -199,6 +232,7 @@ entry_new(PyTypeObject *type, PyObject *fingerprint, PyObject *sample_sql, uint6
     e->rows = e->rows_calls = 0;
     e->first_seen = e->last_seen = 0;
     e->lo = e->span = e->capacity = 0;
+    e->wide = 0;
     e->counts = NULL;
     return e;
 }
@@ -270,8 +304,9 @@ entry_merge(EntryObject *into, EntryObject *from)
     into->rows_calls += from->rows_calls;
     /* From the highest bucket down, so the window settles at once. */
     for (int32_t i = from->span - 1; i >= 0; i--) {
-        if (from->counts[i] != 0) {
-            histogram_add(into, from->lo + i, from->counts[i]);
+        uint64_t count = histogram_count(from, i);
+        if (count != 0) {
+            histogram_add(into, from->lo + i, count);
         }
     }
 }
@@ -647,8 +682,8 @@ copy_entry(entry_copy *c, EntryObject *e, uint64_t *counts)
     c->lo = e->lo;
     c->span = e->span;
     c->counts = counts;
-    if (e->span > 0) {
-        memcpy(counts, e->counts, (size_t)e->span * sizeof(uint64_t));
+    for (int32_t i = 0; i < e->span; i++) {
+        counts[i] = histogram_count(e, i);
     }
 }
 
@@ -974,13 +1009,17 @@ static int
 observe(PyObject *table_obj, PyObject *sampling_obj, const statement_ref *st,
         uint64_t elapsed, int error, PyObject *error_type)
 {
+    int chosen = sampling_obj != NULL
+                 && sampling_chooses((SamplingObject *)sampling_obj, elapsed);
+    if (table_obj == NULL && !chosen) {
+        return 0;  /* sampling only, and this query not chosen: the common case */
+    }
     StatementsObject *table = (StatementsObject *)Py_XNewRef(table_obj);
     SamplingObject *sampling = (SamplingObject *)Py_XNewRef(sampling_obj);
     PyObject *pending_type, *pending_value, *pending_tb;
     PyErr_Fetch(&pending_type, &pending_value, &pending_tb);
     PyObject *stop_type = NULL, *stop_value = NULL, *stop_tb = NULL;
 
-    int chosen = sampling != NULL && sampling_chooses(sampling, elapsed);
     int64_t rows = -1;
     if ((table != NULL || chosen) && !error && st != NULL && st->rows_from != NULL) {
         int interrupted = 0;

@@ -87,12 +87,15 @@ def shortcut(patch: Patch) -> Any:
 def _counted_cursor_method(patch: Patch) -> Any:
     """A cursor method (an ``async def``): its coroutine is the query."""
     own = patch.own
+    # executescript leaves the cursor's rowcount as it was: its rows are not read.
+    reads_rows = patch.name != "executescript"
 
     async def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         meter = connection_meter(self._conn)
         if meter is None or not patch.active:
             return await own(self, *args, **kwargs)
-        return await meter._awaiting(own(self, *args, **kwargs), _statement(args, kwargs, self))
+        statement = _statement(args, kwargs, self if reads_rows else None)
+        return await meter._awaiting(own(self, *args, **kwargs), statement)
 
     return like(method, own)
 

@@ -115,12 +115,18 @@ _QUERY_METHODS = frozenset(
 
 
 def _query_statement(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
-    """(dialect, sql, params) of a call (query, *args): executemany's rows are its one argument."""
-    sql = args[0] if args else kwargs.get("query", kwargs.get("command"))
-    return (POSTGRESQL, sql, args[1:] or kwargs.get("args"))
+    """(dialect, sql, params) of a call (query, *args)."""
+    sql = args[0] if args else kwargs.get("query")
+    return (POSTGRESQL, sql, args[1:] or None)
 
 
-def _no_statement(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def _batch_statement(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
+    """(dialect, sql, rows) of executemany(command, args): its rows are its one argument."""
+    sql = args[0] if args else kwargs.get("command")
+    return (POSTGRESQL, sql, args[1] if len(args) > 1 else kwargs.get("args"))
+
+
+def _no_statement(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...] | None:
     return None
 
 
@@ -135,7 +141,11 @@ def _connection_query(patch: Patch) -> Any:
             return original(self, *args, **kwargs)
         return meter._awaiting(original(self, *args, **kwargs), statement(args, kwargs))
 
-    statement = _query_statement if patch.name in _QUERY_METHODS else _no_statement
+    statement: Callable[[tuple[Any, ...], dict[str, Any]], tuple[Any, ...] | None] = _no_statement
+    if patch.name == "executemany":
+        statement = _batch_statement
+    elif patch.name in _QUERY_METHODS:
+        statement = _query_statement
     return _mark_coroutine_function(like(query, original))
 
 

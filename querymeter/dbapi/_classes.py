@@ -197,11 +197,12 @@ def timed(meter: Meter, base: type, name: str) -> Any:
     return meter.tracked(getattr(base, name))
 
 
-def timed_statement(dialect: str) -> CountedMethod:
+def timed_statement(dialect: str, layout: int = 0) -> CountedMethod:
     """Each call is one query, observed under its statement (cursor, sql, params, ...)
-    in ``dialect`` when the meter aggregates statements or samples."""
+    in ``dialect`` when the meter aggregates statements or samples; ``layout`` as
+    the core's (4: no parameters after the text, 8: the cursor's rowcount is stale)."""
 
     def make(meter: Meter, base: type, name: str) -> Any:
-        return meter._timed_statement(getattr(base, name), dialect)
+        return meter._timed_statement(getattr(base, name), dialect, layout)
 
     return make

@@ -143,13 +143,13 @@ def _counted_async_stream(patch: Patch) -> Any:
 
 @contextlib.contextmanager
 def _counted_block(meter: Meter, block: Any, sql: str | None) -> Iterator[Any]:
-    with meter.track(sql), block as inner:
+    with meter._track_statement(sql, POSTGRESQL), block as inner:
         yield inner
 
 
 @contextlib.asynccontextmanager
 async def _counted_async_block(meter: Meter, block: Any, sql: str | None) -> AsyncIterator[Any]:
-    with meter.track(sql):
+    with meter._track_statement(sql, POSTGRESQL):
         async with block as inner:
             yield inner
 

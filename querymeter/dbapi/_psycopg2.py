@@ -50,7 +50,7 @@ CURSOR_METHODS = {
     "execute": _POSTGRESQL,
     "executemany": _POSTGRESQL,
     "callproc": _POSTGRESQL,
-    "copy_expert": _POSTGRESQL,
+    "copy_expert": timed_statement("postgresql", 4),  # (sql, file): no parameters
     "copy_from": timed,
     "copy_to": timed,
 }

@@ -41,8 +41,13 @@ from ._connections import (
 __all__ = ["connection_types", "instrument", "unwrap", "wrap"]
 
 NAME = "sqlite3"
-_SQLITE = timed_statement("sqlite")
-CURSOR_METHODS = {"execute": _SQLITE, "executemany": _SQLITE, "executescript": _SQLITE}
+# executescript leaves the cursor's rowcount as it was: its rows are not read.
+SCRIPT_LAYOUT = 8
+CURSOR_METHODS = {
+    "execute": timed_statement("sqlite"),
+    "executemany": timed_statement("sqlite"),
+    "executescript": timed_statement("sqlite", SCRIPT_LAYOUT),
+}
 # The connection shortcuts, and how many positional arguments each takes
 # (none by keyword): sqlite3 raises its own error for any other call.
 SHORTCUTS = {"execute": (1, 2), "executemany": (2, 2), "executescript": (1, 1)}
@@ -343,6 +348,7 @@ def _add_forwarding() -> None:
 
 def _proxy_shortcut(name: str) -> Callable[..., Any]:
     plain = getattr(sqlite3.Connection, name)
+    layout = SCRIPT_LAYOUT if name == "executescript" else 0
 
     def method(self: ConnectionProxy, *args: Any, **kwargs: Any) -> Any:
         connection = self.__wrapped__
@@ -352,7 +358,7 @@ def _proxy_shortcut(name: str) -> Callable[..., Any]:
             return own(connection, *args, **kwargs)
         if own is not plain:
             # The connection's class has its own: the call is the query.
-            return meter._call_statement("sqlite", 0, own, connection, *args, **kwargs)
+            return meter._call_statement("sqlite", layout, own, connection, *args, **kwargs)
         return getattr(plain_cursor(connection, meter), name)(*args)
 
     method.__name__ = name

@@ -46,9 +46,9 @@ from typing import Any
 from .. import _faults
 from .._patching import Patch
 from ..meter import Meter
-from ._pool_readings import PoolSnapshot
 from ._handover import Handover
 from ._pool import PoolAccounting
+from ._pool_readings import PoolSnapshot
 
 __all__ = ["STATEMENT_METHODS", "Instrumentation", "Lingering", "state_of"]
 
