@@ -544,10 +544,9 @@ def test_psycopg_counting_method_alone_interleaved(
     """What one counted execute adds, without a server: the in-place method and the previous
     subclass's around a method that returns at once; the connection counts, or not."""
     pytest.importorskip("psycopg")
-    from querymeter.dbapi._connections import forget_connection, set_connection_meter
-
     from querymeter._patching import Patch
     from querymeter.dbapi import _psycopg
+    from querymeter.dbapi._connections import forget_connection, set_connection_meter
 
     class Connection:
         """Stands for a psycopg connection (weakly referenced by the side table)."""
