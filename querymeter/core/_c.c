@@ -420,6 +420,8 @@ u128_to_pylong(qm_u128 value)
     return result;
 }
 
+static int check_dialect(PyObject *dialect);
+
 #include "_statements.c"
 
 static module_state *state_of_meter(MeterObject *m);
@@ -837,8 +839,6 @@ meter_track(MeterObject *self, PyObject *args, PyObject *kwargs)
     PyObject_GC_Track(tracker);
     return (PyObject *)tracker;
 }
-
-static int check_dialect(PyObject *dialect);
 
 /* _track_statement(sql, dialect): track(sql) with the dialect of its text. */
 static PyObject *

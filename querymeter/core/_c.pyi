@@ -93,7 +93,13 @@ class Statements:
     def size(self) -> int:
         """How many statements the table holds."""
     def _record(
-        self, sql: Any, dialect: str | None, elapsed_ns: int, error: bool, rows: int
+        self,
+        sql: Any,
+        dialect: str | None,
+        elapsed_ns: int,
+        error: bool,
+        rows: int,
+        times: int = 1,
     ) -> None: ...
     def _read(
         self,

@@ -107,26 +107,26 @@ class _Entry:
         self.counts = moved
         return 0 if bucket < new_lo else bucket - new_lo
 
-    def add(self, elapsed: int, error: bool, rows: int, wall: int) -> None:
+    def add(self, elapsed: int, error: bool, rows: int, wall: int, times: int = 1) -> None:
         if self.calls == 0:
             self.first_seen = wall
-        self.calls += 1
+        self.calls += times
         if error:
-            self.errors += 1
-        self.total_ns += elapsed
-        self.total_sq += elapsed * elapsed
+            self.errors += times
+        self.total_ns += elapsed * times
+        self.total_sq += elapsed * elapsed * times
         if elapsed < self.min_ns:
             self.min_ns = elapsed
         if elapsed > self.max_ns:
             self.max_ns = elapsed
         if rows >= 0:
-            self.rows += rows
-            self.rows_calls += 1
+            self.rows += rows * times
+            self.rows_calls += times
         if wall > self.last_seen:
             self.last_seen = wall
-        self.usage += 1.0
+        self.usage += float(times)
         slot = self._slot(bucket_of(elapsed))  # before self.counts: it may replace the list
-        self.counts[slot] += 1
+        self.counts[slot] += times
 
     def merge(self, other: _Entry) -> None:
         if other.calls == 0:
@@ -217,25 +217,42 @@ class Statements:
         return len(self._entries)
 
     def _record(
-        self, sql: Any, dialect: str | None, elapsed_ns: int, error: bool, rows: int
+        self,
+        sql: Any,
+        dialect: str | None,
+        elapsed_ns: int,
+        error: bool,
+        rows: int,
+        times: int = 1,
     ) -> None:
-        """_record(sql, dialect, elapsed_ns, error, rows) -> None
+        """_record(sql, dialect, elapsed_ns, error, rows, times=1) -> None
 
-        Record one query as a hook's shape does at its end.
+        Record a query, times over, as a hook's shape does at its end.
         """
+        if dialect is not None and type(dialect) is not str:
+            raise TypeError(f"dialect must be a str or None, not {type(dialect).__name__}")
+        if not isinstance(times, int) or not 0 <= times < _U64:
+            raise OverflowError("times must fit in 64 unsigned bits")
         if not isinstance(elapsed_ns, int) or not 0 <= elapsed_ns < _U64:
             raise OverflowError("elapsed_ns must fit in 64 unsigned bits")
         if not isinstance(rows, int) or not -(2**63) <= rows < 2**63:
             raise OverflowError("rows must fit in 64 bits")
-        self._record_at(dialect, sql, elapsed_ns, bool(error), rows, _wall_ns())
+        self._record_at(dialect, sql, elapsed_ns, bool(error), rows, _wall_ns(), times)
 
     def _record_at(
-        self, dialect: Any, sql: Any, elapsed: int, error: bool, rows: int, wall: int
+        self,
+        dialect: Any,
+        sql: Any,
+        elapsed: int,
+        error: bool,
+        rows: int,
+        wall: int,
+        times: int = 1,
     ) -> None:
         """One query; a failure of ours is a fault and the query goes to ``untexted``."""
         if sql is None:
             with self._lock:
-                self._untexted.add(elapsed, error, rows, wall)
+                self._untexted.add(elapsed, error, rows, wall, times)
             return
         cache = None
         if type(sql) is str or type(sql) is bytes:
@@ -246,7 +263,7 @@ class Statements:
             if hit is not None:
                 with self._lock:
                     if hit.live:
-                        hit.add(elapsed, error, rows, wall)
+                        hit.add(elapsed, error, rows, wall, times)
                         return
                 cache.pop(sql, None)
         try:
@@ -260,12 +277,12 @@ class Statements:
                 raise TypeError("the miss function must return (fingerprint, sample_sql)")
         except Exception as exc:  # noqa: BLE001 - ours: a fault, and nothing is lost
             with self._lock:
-                self._untexted.add(elapsed, error, rows, wall)
+                self._untexted.add(elapsed, error, rows, wall, times)
             _faults.report("could not record a statement", exc)
             return
         except BaseException:
             with self._lock:
-                self._untexted.add(elapsed, error, rows, wall)
+                self._untexted.add(elapsed, error, rows, wall, times)
             raise
         fingerprint, sample_sql = found
         with self._lock:
@@ -276,7 +293,7 @@ class Statements:
                 entry = _Entry(fingerprint, sample_sql, self._next_serial)
                 self._next_serial += 1
                 self._entries[fingerprint] = entry
-            entry.add(elapsed, error, rows, wall)
+            entry.add(elapsed, error, rows, wall, times)
         if cache is not None:
             if len(cache) >= self._cache_limit:
                 for key in list(cache)[: self._cache_limit // 4 + 1]:

@@ -248,19 +248,21 @@ entry_dealloc(EntryObject *e)
     Py_DECREF(tp);
 }
 
-/* One query: plain C, no Python, so it is atomic under the GIL. */
+/* `times` queries alike (1 but in tests): plain C, no Python, so it is
+   atomic under the GIL. */
 static inline void
-entry_add(EntryObject *e, uint64_t elapsed, int error, int64_t rows, int64_t wall)
+entry_add(EntryObject *e, uint64_t elapsed, int error, int64_t rows, int64_t wall,
+          uint64_t times)
 {
     if (e->calls == 0) {
         e->first_seen = wall;
     }
-    e->calls += 1;
+    e->calls += times;
     if (error) {
-        e->errors += 1;
+        e->errors += times;
     }
-    e->total_ns += elapsed;
-    e->total_sq += (qm_u128)elapsed * elapsed;
+    e->total_ns += (qm_u128)elapsed * times;
+    e->total_sq += (qm_u128)elapsed * elapsed * times;
     if (elapsed < e->min_ns) {
         e->min_ns = elapsed;
     }
@@ -268,14 +270,14 @@ entry_add(EntryObject *e, uint64_t elapsed, int error, int64_t rows, int64_t wal
         e->max_ns = elapsed;
     }
     if (rows >= 0) {
-        e->rows += (uint64_t)rows;
-        e->rows_calls += 1;
+        e->rows += (uint64_t)rows * times;
+        e->rows_calls += times;
     }
     if (wall > e->last_seen) {
         e->last_seen = wall;
     }
-    e->usage += 1.0;
-    histogram_add(e, bucket_of(elapsed), 1);
+    e->usage += (double)times;
+    histogram_add(e, bucket_of(elapsed), times);
 }
 
 static void
@@ -495,10 +497,10 @@ statements_miss(StatementsObject *t, PyObject *dialect, PyObject *sql, PyObject 
    while fingerprinting). */
 static int
 statements_record(StatementsObject *t, PyObject *dialect, PyObject *sql,
-                  uint64_t elapsed, int error, int64_t rows, int64_t wall)
+                  uint64_t elapsed, int error, int64_t rows, int64_t wall, uint64_t times)
 {
     if (sql == NULL || sql == Py_None) {
-        entry_add(t->untexted, elapsed, error, rows, wall);
+        entry_add(t->untexted, elapsed, error, rows, wall, times);
         return 0;
     }
     if (dialect == NULL) {
@@ -510,7 +512,7 @@ statements_record(StatementsObject *t, PyObject *dialect, PyObject *sql,
         if (cache != NULL) {
             EntryObject *hit = (EntryObject *)PyDict_GetItemWithError(cache, sql);
             if (hit != NULL && hit->live) {
-                entry_add(hit, elapsed, error, rows, wall);
+                entry_add(hit, elapsed, error, rows, wall, times);
                 return 0;
             }
             if (hit != NULL && PyDict_DelItem(cache, sql) < 0) {
@@ -527,12 +529,12 @@ statements_record(StatementsObject *t, PyObject *dialect, PyObject *sql,
     Py_DECREF(dialect);
     Py_DECREF(sql);
     if (entry != NULL) {
-        entry_add(entry, elapsed, error, rows, wall);
+        entry_add(entry, elapsed, error, rows, wall, times);
         Py_DECREF(entry);
         return 0;
     }
 failed:
-    entry_add(t->untexted, elapsed, error, rows, wall);
+    entry_add(t->untexted, elapsed, error, rows, wall, times);
     if (!PyErr_ExceptionMatches(PyExc_Exception)) {
         return -1;
     }
@@ -636,19 +638,24 @@ statements_dealloc(StatementsObject *t)
     Py_DECREF(tp);
 }
 
-/* _record(sql, dialect, elapsed_ns, error, rows): what a shape does at a
-   query's end, for the API's own use (a block tracked by hand) and tests. */
+/* _record(sql, dialect, elapsed_ns, error, rows, times=1): what a shape does
+   at a query's end, `times` over (for tests: a count that needs 64 bits). */
 static PyObject *
 statements_record_method(StatementsObject *t, PyObject *args)
 {
     PyObject *sql, *dialect;
-    unsigned long long elapsed;
+    unsigned long long elapsed, times = 1;
     int error;
     long long rows;
-    if (!PyArg_ParseTuple(args, "OOKpL:_record", &sql, &dialect, &elapsed, &error, &rows)) {
+    if (!PyArg_ParseTuple(args, "OOKpL|K:_record", &sql, &dialect, &elapsed, &error, &rows,
+                          &times)) {
         return NULL;
     }
-    if (statements_record(t, dialect, sql, (uint64_t)elapsed, error, rows, wall_ns()) < 0) {
+    if (check_dialect(dialect) < 0) {
+        return NULL;
+    }
+    if (statements_record(t, dialect, sql, (uint64_t)elapsed, error, rows, wall_ns(),
+                          (uint64_t)times) < 0) {
         return NULL;
     }
     Py_RETURN_NONE;
@@ -781,8 +788,8 @@ statements_get_len(StatementsObject *t, void *Py_UNUSED(closure))
 
 static PyMethodDef statements_methods[] = {
     {"_record", (PyCFunction)statements_record_method, METH_VARARGS,
-     PyDoc_STR("_record(sql, dialect, elapsed_ns, error, rows) -> None\n\n"
-               "Record one query as a hook's shape does at its end.")},
+     PyDoc_STR("_record(sql, dialect, elapsed_ns, error, rows, times=1) -> None\n\n"
+               "Record a query, times over, as a hook's shape does at its end.")},
     {"_read", (PyCFunction)statements_read, METH_NOARGS,
      PyDoc_STR("_read() -> (dropped, evicted, untexted, entries)\n\n"
                "Every entry's figures at one instant.")},
@@ -1031,7 +1038,7 @@ observe(PyObject *table_obj, PyObject *sampling_obj, const statement_ref *st,
     int64_t wall = wall_ns();
     if (table != NULL
         && statements_record(table, st ? st->dialect : NULL, st ? st->sql : NULL, elapsed,
-                             error, rows, wall) < 0
+                             error, rows, wall, 1) < 0
         && stop_type == NULL) {
         PyErr_Fetch(&stop_type, &stop_value, &stop_tb);
     }

@@ -463,3 +463,27 @@ def test_both_cores_keep_the_same_table() -> None:
             + [reading.dropped]
         )
     assert readings[0] == readings[1]
+
+
+def test_counts_past_32_bits_stay_exact(Meter: type[MeterType]) -> None:
+    """A histogram's counts are 32-bit until one would overflow: then they widen, and
+    nothing is lost, also when such an entry is evicted into `evicted`."""
+    meter = Meter()
+    table = meter.enable_statements(max_statements=1)
+    core_table = table._core
+    big = 2**32 - 5
+    core_table._record("select 1", None, 1_000, False, 2, big)
+    core_table._record("select 1", None, 1_000, False, 2, 10)
+    core_table._record("select 1", None, 50, True, -1, 2**33)
+    row = table.snapshot()["select ?"]
+    counts = memoryview(row.histogram).cast("Q")
+    assert row.calls == big + 10 + 2**33 == sum(counts)
+    assert sorted(count for count in counts if count) == [big + 10, 2**33]
+    assert row.errors == 2**33 and row.rows == 2 * (big + 10)
+    assert row.total_ns == 1_000 * (big + 10) + 50 * 2**33
+    assert row.p50_ns == 50 and row.p999_ns is not None and abs(row.p999_ns - 1_000) <= 1_000 / 64
+
+    core_table._record("select 2 from t", None, 7, False, -1)  # evicts "select ?"
+    evicted = table.snapshot().evicted
+    assert evicted.calls == row.calls and sum(memoryview(evicted.histogram).cast("Q")) == row.calls
+    assert evicted.total_ns == row.total_ns
