@@ -310,6 +310,9 @@ def meter_class(implementation: str) -> type[Meter]:
 
 
 def _after_fork_in_child() -> None:
+    # A parent's thread may have held the lock at the fork.
+    global _observing_lock
+    _observing_lock = threading.Lock()
     # Queries in flight in the parent's other threads will never end in the
     # child: every meter starts again from zero there.
     for meter in list(_live_meters):

@@ -382,6 +382,12 @@ class _Reading:
         ranked = sorted(self.statements, key=lambda s: (-s._sort_key(by), s.fingerprint))
         return ranked[:n]
 
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} statements={len(self.statements)} calls={self.calls} "
+            f"dropped={self.dropped}>"
+        )
+
     def as_dict(self) -> dict[str, Any]:
         """The reading as plain data (for JSON)."""
         return {
@@ -446,18 +452,14 @@ class StatementsSnapshot(_Reading):
             self.wall_ns,
         )
 
-    def __repr__(self) -> str:
-        return (
-            f"<StatementsSnapshot statements={len(self.statements)} calls={self.calls} "
-            f"dropped={self.dropped}>"
-        )
-
 
 class StatementsInterval(_Reading):
     """The statements that ran between two snapshots, with the figures of those calls only.
 
     A statement's ``min_ns`` and ``max_ns`` over an interval come from its
-    histogram (within 1.6 %), unless it was first seen in the interval.
+    histogram (within 1.6 %), unless it was first seen in the interval; its
+    ``last_seen`` is its last call, and its ``first_seen`` its first call if
+    that was in the interval, else its last call before the interval.
     ``evicted`` holds what was evicted meanwhile: a statement evicted during
     the interval has its calls there, not in ``statements``.
     """
@@ -480,9 +482,3 @@ class StatementsInterval(_Reading):
         super().__init__(statements, evicted, untexted, dropped, table_id)
         self.start_wall_ns = start_wall_ns
         self.end_wall_ns = end_wall_ns
-
-    def __repr__(self) -> str:
-        return (
-            f"<StatementsInterval statements={len(self.statements)} calls={self.calls} "
-            f"dropped={self.dropped}>"
-        )
