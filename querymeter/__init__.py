@@ -14,6 +14,7 @@ from ._faults import counts as faults
 from .core import IMPLEMENTATION
 from .meter import Meter, default_meter, snapshot
 from .readings import Interval, Snapshot
+from .scopes import Scope, current_scope, scope
 from .statements import (
     QuerySample,
     StatementsInterval,
@@ -23,22 +24,30 @@ from .statements import (
     fingerprint,
     statement_id,
 )
+from .switch import disable, enable, is_enabled, uninstrument_all
 
 __all__ = [
     "IMPLEMENTATION",
     "Interval",
     "Meter",
     "QuerySample",
+    "Scope",
     "Snapshot",
     "StatementStats",
     "StatementTable",
     "StatementsInterval",
     "StatementsSnapshot",
+    "current_scope",
     "default_meter",
+    "disable",
+    "enable",
     "faults",
     "fingerprint",
+    "is_enabled",
+    "scope",
     "snapshot",
     "statement_id",
+    "uninstrument_all",
 ]
 
 __version__ = "0.1.0.dev0"

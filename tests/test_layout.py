@@ -31,6 +31,8 @@ PARTS = {
     "querymeter.demo._targets": "demo targets",
     "querymeter.demo": "demo",
     "querymeter.statements": "statements",
+    "querymeter.scopes": "scopes",
+    "querymeter.switch": "switch",
     "querymeter.cli": "cli",
     "querymeter.__main__": "cli",
     "querymeter": "package",
@@ -50,6 +52,8 @@ MAY_IMPORT = {
     "hooks": {"faults", "core", "readings", "meter", "patching"},
     # Statement tables and sampling: the core counts, this part names (fingerprints).
     "statements": {"faults", "core"},
+    "scopes": {"faults", "core", "statements"},
+    "switch": {"faults", "core"},
     "report content": {"readings", "laws"},
     "report": {"readings", "laws", "report content"},
     "demo targets": set(),
@@ -76,7 +80,7 @@ MAY_IMPORT = {
         "demo",
         "statements",
     },
-    "package": {"faults", "core", "readings", "meter", "statements"},
+    "package": {"faults", "core", "readings", "meter", "statements", "scopes", "switch"},
 }
 
 

@@ -62,6 +62,7 @@ typedef struct {
     PyTypeObject *entry_type;
     PyTypeObject *statements_type;
     PyTypeObject *sampling_type;
+    PyTypeObject *scope_type;
 } module_state;
 
 typedef struct {
@@ -73,6 +74,12 @@ typedef struct {
     PyObject *clock;   /* NULL: the built-in monotonic clock */
     PyObject *statements;  /* a Statements the meter records into, or NULL */
     PyObject *sampling;    /* a Sampling the meter offers queries to, or NULL */
+    /* A profiling session's own statement table and sampling, and the key a
+       scope carries in its focus set when the session wants its queries
+       (NULL: every query). */
+    PyObject *session_statements;
+    PyObject *session_sampling;
+    PyObject *session_focus;
     int initialized;
     PyTypeObject *token_type;    /* cached: no module-state lookup per query */
     PyTypeObject *tracker_type;
@@ -118,6 +125,14 @@ static struct PyModuleDef core_module;
 /* Serials come from one counter for the whole process, never from addresses:
    a dead meter's address can be reused, and its stale tokens must not match. */
 static uint64_t next_serial = 1;
+
+/* The kill switch: while 0, no query begins (every shape calls straight
+   through and no counter moves); a query begun before keeps its end.  Read
+   under the GIL; set by _set_enabled(). */
+static int qm_enabled = 1;
+
+/* An epoch no meter reaches: a query "begun" while disabled ends as nothing. */
+#define QM_UNCOUNTED UINT64_MAX
 
 /* ------------------------------------------------------------------ clocks */
 
@@ -321,7 +336,8 @@ elapsed_since(int64_t now, int64_t start)
     return now > start ? (uint64_t)now - (uint64_t)start : 0;
 }
 
-/* Starts a query; returns its start time.  Critical section: no Python. */
+/* Starts a query; returns its start time.  Critical section: no Python.
+   (A query is never begun while the kill switch is off: see query_begin.) */
 static inline int64_t
 counters_begin(qm_counters *c, int64_t now)
 {
@@ -365,6 +381,11 @@ counters_start(qm_counters *c, int64_t now)
 static inline int
 query_begin(MeterObject *m, int64_t *start, uint64_t *epoch)
 {
+    if (!qm_enabled) {
+        *start = 0;
+        *epoch = QM_UNCOUNTED;
+        return 0;
+    }
     int interrupted = 0;
     int64_t now = meter_clock(m, &interrupted);
     if (interrupted) {
@@ -382,6 +403,12 @@ query_begin(MeterObject *m, int64_t *start, uint64_t *epoch)
 static inline int
 query_end(MeterObject *m, int64_t start, uint64_t epoch, int error, uint64_t *elapsed)
 {
+    if (epoch == QM_UNCOUNTED) {
+        if (elapsed != NULL) {
+            *elapsed = 0;
+        }
+        return 0;
+    }
     int interrupted = 0;
     int64_t now = meter_clock(m, &interrupted);
     uint64_t took;
@@ -508,7 +535,8 @@ statement_of_call(PyObject *dialect, int layout, PyObject *const *args, Py_ssize
 static inline int
 observing(MeterObject *m)
 {
-    return m->statements != NULL || m->sampling != NULL;
+    return m->statements != NULL || m->sampling != NULL || m->session_statements != NULL
+           || m->session_sampling != NULL || qm_scopes_open > 0;
 }
 
 /* query_end, then the query observed (statement table, sampling) if the
@@ -525,7 +553,8 @@ query_end_observed(MeterObject *m, int64_t start, uint64_t epoch, int error,
         *elapsed_out = elapsed;
     }
     if (counted && observing(m)
-        && observe(m->statements, m->sampling, st, elapsed, error, error_type) < 0) {
+        && observe(m->statements, m->sampling, m->session_statements, m->session_sampling,
+                   m->session_focus, st, elapsed, error, error_type) < 0) {
         status = -1;
     }
     return status;
@@ -553,6 +582,9 @@ meter_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwa
     self->clock = NULL;
     self->statements = NULL;
     self->sampling = NULL;
+    self->session_statements = NULL;
+    self->session_sampling = NULL;
+    self->session_focus = NULL;
     self->serial = next_serial++;
     self->epoch = 0;
     self->meter_id = 0;
@@ -604,6 +636,9 @@ meter_traverse(MeterObject *self, visitproc visit, void *arg)
     Py_VISIT(self->clock);
     Py_VISIT(self->statements);
     Py_VISIT(self->sampling);
+    Py_VISIT(self->session_statements);
+    Py_VISIT(self->session_sampling);
+    Py_VISIT(self->session_focus);
     return 0;
 }
 
@@ -613,6 +648,9 @@ meter_clear(MeterObject *self)
     Py_CLEAR(self->clock);
     Py_CLEAR(self->statements);
     Py_CLEAR(self->sampling);
+    Py_CLEAR(self->session_statements);
+    Py_CLEAR(self->session_sampling);
+    Py_CLEAR(self->session_focus);
     return 0;
 }
 
@@ -981,6 +1019,34 @@ meter_call_statement(MeterObject *self, PyObject *const *args, Py_ssize_t nargs,
     return result;
 }
 
+/* _observe_session(statements, sampling, focus): a profiling session's own
+   table and sampling, for the queries of scopes whose focus set holds
+   `focus` (None: every query); all None: no session. */
+static PyObject *
+meter_observe_session(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_observe_session() takes statements, sampling and focus");
+        return NULL;
+    }
+    module_state *state = state_of_meter(self);
+    if (state == NULL) {
+        return NULL;
+    }
+    if (args[0] != Py_None && !Py_IS_TYPE(args[0], state->statements_type)) {
+        PyErr_SetString(PyExc_TypeError, "statements must be a Statements or None");
+        return NULL;
+    }
+    if (args[1] != Py_None && !Py_IS_TYPE(args[1], state->sampling_type)) {
+        PyErr_SetString(PyExc_TypeError, "sampling must be a Sampling or None");
+        return NULL;
+    }
+    Py_XSETREF(self->session_statements, args[0] == Py_None ? NULL : Py_NewRef(args[0]));
+    Py_XSETREF(self->session_sampling, args[1] == Py_None ? NULL : Py_NewRef(args[1]));
+    Py_XSETREF(self->session_focus, args[2] == Py_None ? NULL : Py_NewRef(args[2]));
+    Py_RETURN_NONE;
+}
+
 /* _observe(statements, sampling): what the meter observes of each query it
    counts from now on (None: nothing). */
 static PyObject *
@@ -1067,6 +1133,10 @@ static PyMethodDef meter_methods[] = {
      PyDoc_STR("_call_statement(dialect, layout, func, /, *args, **kwargs) -> result\n\n"
                "Call func(*args, **kwargs), counted as one query and observed under the "
                "statement where layout says (0: cursor, sql, params).")},
+    {"_observe_session", (PyCFunction)(void (*)(void))meter_observe_session, METH_FASTCALL,
+     PyDoc_STR("_observe_session(statements, sampling, focus) -> None\n\n"
+               "A profiling session's own table and sampling, for the queries of scopes "
+               "whose focus holds focus (None: every query).")},
     {"_observe", (PyCFunction)(void (*)(void))meter_observe, METH_FASTCALL,
      PyDoc_STR("_observe(statements, sampling) -> None\n\n"
                "What the meter observes of each query it counts from now on (None: nothing).")},
@@ -2258,6 +2328,9 @@ occupancy_timed_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf,
                            PyObject *kwnames)
 {
     OccupancyTimedObject *self = (OccupancyTimedObject *)op;
+    if (!qm_enabled) {
+        return PyObject_Vectorcall(self->func, args, nargsf, kwnames);
+    }
     OccupanciesObject *occ = self->occupancies;
     MeterObject *m = occ->meter;
     uint64_t epoch = m->epoch;
@@ -2433,6 +2506,9 @@ occupancies_hold(OccupanciesObject *self, PyObject *const *args, Py_ssize_t narg
         PyErr_SetString(PyExc_TypeError, "records must be a dict");
         return NULL;
     }
+    if (!qm_enabled) {
+        Py_RETURN_FALSE;  /* not held: its release finds nothing to end */
+    }
     /* Allocated first: the critical section below allocates nothing. */
     PyObject *ref = PyWeakref_NewRef(record, NULL);
     if (ref == NULL) {
@@ -2560,6 +2636,9 @@ occupancies_bump(OccupanciesObject *self, PyObject *index_obj)
     Py_ssize_t index;
     if (occupancies_index(self, index_obj, &index) < 0) {
         return NULL;
+    }
+    if (!qm_enabled) {
+        Py_RETURN_NONE;
     }
     int interrupted = 0;
     int64_t now = meter_clock(self->meter, &interrupted);
@@ -2751,11 +2830,24 @@ module_exec(PyObject *module)
     state->statements_type =
         (PyTypeObject *)PyType_FromModuleAndSpec(module, &statements_spec, NULL);
     state->sampling_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &sampling_spec, NULL);
+    state->scope_type = (PyTypeObject *)PyType_FromModuleAndSpec(module, &scope_spec, NULL);
+    /* The kill switch starts off where the environment says so, as the twin's. */
+    const char *disable = getenv("QUERYMETER_DISABLE");
+    if (disable != NULL && strcmp(disable, "1") == 0) {
+        qm_enabled = 0;
+    }
+    if (qm_scope_var == NULL) {
+        qm_scope_var = PyContextVar_New("querymeter_core_c_scope", NULL);
+        if (qm_scope_var == NULL) {
+            return -1;
+        }
+    }
     PyTypeObject *types[] = {
         state->meter_type,     state->token_type,           state->tracker_type,
         state->timed_type,     state->awaiting_type,        state->iterating_type,
         state->async_iterating_type, state->occupancies_type, state->occupancy_timed_type,
         state->entry_type,     state->statements_type,      state->sampling_type,
+        state->scope_type,
     };
     for (size_t i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
         if (types[i] == NULL || PyModule_AddType(module, types[i]) < 0) {
@@ -2781,6 +2873,7 @@ module_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(state->entry_type);
     Py_VISIT(state->statements_type);
     Py_VISIT(state->sampling_type);
+    Py_VISIT(state->scope_type);
     return 0;
 }
 
@@ -2800,6 +2893,7 @@ module_clear(PyObject *module)
     Py_CLEAR(state->entry_type);
     Py_CLEAR(state->statements_type);
     Py_CLEAR(state->sampling_type);
+    Py_CLEAR(state->scope_type);
     return 0;
 }
 
@@ -2808,6 +2902,101 @@ module_free(void *module)
 {
     module_clear((PyObject *)module);
 }
+
+/* _set_enabled(flag): the kill switch (see qm_enabled). */
+static PyObject *
+module_set_enabled(PyObject *Py_UNUSED(module), PyObject *flag)
+{
+    int value = PyObject_IsTrue(flag);
+    if (value < 0) {
+        return NULL;
+    }
+    qm_enabled = value;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+module_enabled(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    return PyBool_FromLong(qm_enabled);
+}
+
+/* _enter_scope(focus, tags) -> (scope, token): a new innermost scope, inside
+   the current one; focus is a frozenset of session keys, or None. */
+static PyObject *
+module_enter_scope(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_enter_scope() takes focus and tags");
+        return NULL;
+    }
+    PyObject *focus = args[0];
+    if (focus != Py_None && !PyFrozenSet_CheckExact(focus)) {
+        PyErr_SetString(PyExc_TypeError, "focus must be a frozenset or None");
+        return NULL;
+    }
+    module_state *state = PyModule_GetState(module);
+    ScopeObject *scope = PyObject_GC_New(ScopeObject, state->scope_type);
+    if (scope == NULL) {
+        return NULL;
+    }
+    scope->parent = NULL;
+    scope->focus = focus == Py_None ? NULL : Py_NewRef(focus);
+    scope->tags = Py_NewRef(args[1]);
+    scope->queries = scope->errors = scope->db_ns = 0;
+    scope->texts = PyDict_New();
+    scope->dialects = PyDict_New();
+    PyObject *parent = NULL;
+    if (scope->texts == NULL || scope->dialects == NULL
+        || PyContextVar_Get(qm_scope_var, NULL, &parent) < 0) {
+        Py_DECREF(scope);
+        return NULL;
+    }
+    scope->parent = (ScopeObject *)parent;
+    PyObject_GC_Track(scope);
+    PyObject *token = PyContextVar_Set(qm_scope_var, (PyObject *)scope);
+    if (token == NULL) {
+        Py_DECREF(scope);
+        return NULL;
+    }
+    qm_scopes_open += 1;
+    return Py_BuildValue("(NN)", scope, token);
+}
+
+/* _exit_scope(token): back to the scope that was current at its enter. */
+static PyObject *
+module_exit_scope(PyObject *Py_UNUSED(module), PyObject *token)
+{
+    if (PyContextVar_Reset(qm_scope_var, token) < 0) {
+        return NULL;
+    }
+    qm_scopes_open -= 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+module_current_scope(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+{
+    PyObject *value = NULL;
+    if (PyContextVar_Get(qm_scope_var, Py_None, &value) < 0) {
+        return NULL;
+    }
+    return value;
+}
+
+static PyMethodDef module_methods[] = {
+    {"_set_enabled", (PyCFunction)module_set_enabled, METH_O,
+     PyDoc_STR("_set_enabled(flag) -> None\n\nThe kill switch: while off, no query begins.")},
+    {"_enabled", (PyCFunction)module_enabled, METH_NOARGS,
+     PyDoc_STR("_enabled() -> bool\n\nWhether queries are counted.")},
+    {"_enter_scope", (PyCFunction)(void (*)(void))module_enter_scope, METH_FASTCALL,
+     PyDoc_STR("_enter_scope(focus, tags) -> (scope, token)\n\nA new innermost scope.")},
+    {"_exit_scope", (PyCFunction)module_exit_scope, METH_O,
+     PyDoc_STR("_exit_scope(token) -> None\n\nBack to the scope current at its enter.")},
+    {"_current_scope", (PyCFunction)module_current_scope, METH_NOARGS,
+     PyDoc_STR("_current_scope() -> Scope | None\n\nThe innermost scope of the context.")},
+    {NULL, NULL, 0, NULL},
+};
 
 static PyModuleDef_Slot module_slots[] = {
     {Py_mod_exec, (void *)module_exec},
@@ -2820,6 +3009,7 @@ static struct PyModuleDef core_module = {
     .m_doc = "The counters in C: the hot path of every query.",
     .m_size = sizeof(module_state),
     .m_slots = module_slots,
+    .m_methods = module_methods,
     .m_traverse = module_traverse,
     .m_clear = module_clear,
     .m_free = module_free,

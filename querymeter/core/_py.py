@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import os
 import sys
 import threading
 import time
@@ -32,9 +33,55 @@ from types import TracebackType
 from typing import Any, Literal, TypeVar
 
 from .. import _faults
-from ._py_statements import Sampling, StatementRef, Statements, observe
+from ._py_statements import (
+    Sampling,
+    Scope,
+    StatementRef,
+    Statements,
+    _current_scope,
+    observe,
+    scopes_open,
+)
+from ._py_statements import enter_scope as _enter_scope
+from ._py_statements import exit_scope as _exit_scope
 
-__all__ = ["MeterCore", "Occupancies", "Sampling", "Statements", "Token", "Tracker"]
+__all__ = [
+    "MeterCore",
+    "Occupancies",
+    "Sampling",
+    "Scope",
+    "Statements",
+    "Token",
+    "Tracker",
+    "_current_scope",
+    "_enabled",
+    "_enter_scope",
+    "_exit_scope",
+    "_set_enabled",
+]
+
+# The kill switch: while off, no query begins (every shape calls straight
+# through and no counter moves); a query begun before keeps its end.
+_switch = [os.environ.get("QUERYMETER_DISABLE", "0") != "1"]
+# An epoch no meter reaches: a query "begun" while disabled ends as nothing.
+_UNCOUNTED = -1
+
+
+def _set_enabled(flag: object) -> None:
+    """_set_enabled(flag) -> None
+
+    The kill switch: while off, no query begins.
+    """
+    _switch[0] = bool(flag)
+
+
+def _enabled() -> bool:
+    """_enabled() -> bool
+
+    Whether queries are counted.
+    """
+    return _switch[0]
+
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 _R = TypeVar("_R")
@@ -128,6 +175,9 @@ class MeterCore:
         "_queries",
         "_sampling",
         "_serial",
+        "_session_focus",
+        "_session_sampling",
+        "_session_statements",
         "_stamp_ns",
         "_start_ns",
         "_started",
@@ -146,6 +196,9 @@ class MeterCore:
     _queries: int
     _sampling: Sampling | None
     _serial: int
+    _session_focus: Any
+    _session_sampling: Sampling | None
+    _session_statements: Statements | None
     _statements: Statements | None
     _stamp_ns: int
     _start_ns: int
@@ -159,6 +212,9 @@ class MeterCore:
         self._clock = None
         self._statements = None
         self._sampling = None
+        self._session_statements = None
+        self._session_sampling = None
+        self._session_focus = None
         self._initialized = False
         self._serial = next(_serials)
         self._epoch = 0
@@ -259,7 +315,10 @@ class MeterCore:
     # One query, begun and ended: the pairs every shape below is made of.
 
     def _enter(self) -> tuple[int, int]:
-        """Begin a query; (start, epoch).  A clock that raises KeyboardInterrupt begins nothing."""
+        """Begin a query; (start, epoch).  A clock that raises KeyboardInterrupt begins nothing.
+        While the kill switch is off, nothing begins: the epoch is one no meter has."""
+        if not _switch[0]:
+            return 0, _UNCOUNTED
         reading = self._injected_reading()
         with self._lock:
             start = self._begin_locked(_monotonic_ns() if reading is None else reading)
@@ -280,6 +339,8 @@ class MeterCore:
         If the clock raises KeyboardInterrupt here, the query still ends (at
         the stamp) before the exception propagates: nothing stays in flight.
         """
+        if epoch == _UNCOUNTED:
+            return 0
         try:
             reading = self._injected_reading()
         except BaseException:
@@ -294,9 +355,18 @@ class MeterCore:
             if epoch != self._epoch:
                 return _elapsed_since(now, start_ns)
             elapsed = self._end_locked(now, start_ns, error)
-        if self._statements is not None or self._sampling is not None:
+        if self._observes():
             self._observed(statement, elapsed, error, error_type)
         return elapsed
+
+    def _observes(self) -> bool:
+        return (
+            self._statements is not None
+            or self._sampling is not None
+            or self._session_statements is not None
+            or self._session_sampling is not None
+            or scopes_open()
+        )
 
     def _observed(
         self,
@@ -305,12 +375,21 @@ class MeterCore:
         error: bool,
         error_type: type[BaseException] | None,
     ) -> None:
-        statements, sampling = self._statements, self._sampling
-        if statements is None and sampling is None:
+        if not self._observes():
             return
         if error and error_type is None:
             error_type = sys.exc_info()[0]
-        observe(statements, sampling, statement, elapsed, error, error_type)
+        observe(
+            self._statements,
+            self._sampling,
+            self._session_statements,
+            self._session_sampling,
+            self._session_focus,
+            statement,
+            elapsed,
+            error,
+            error_type,
+        )
 
     def begin(self) -> Token:
         """begin() -> token
@@ -437,6 +516,22 @@ class MeterCore:
             raise TypeError("sampling must be a Sampling or None")
         self._statements = statements
         self._sampling = sampling
+
+    def _observe_session(
+        self, statements: Statements | None, sampling: Sampling | None, focus: Any
+    ) -> None:
+        """_observe_session(statements, sampling, focus) -> None
+
+        A profiling session's own table and sampling, for the queries of scopes
+        whose focus holds focus (None: every query).
+        """
+        if statements is not None and type(statements) is not Statements:
+            raise TypeError("statements must be a Statements or None")
+        if sampling is not None and type(sampling) is not Sampling:
+            raise TypeError("sampling must be a Sampling or None")
+        self._session_statements = statements
+        self._session_sampling = sampling
+        self._session_focus = focus
 
     def _call(self, func: Callable[..., _R], /, *args: Any, **kwargs: Any) -> _R:
         """_call(func, /, *args, **kwargs) -> result
@@ -578,7 +673,7 @@ def _statement_of_call(
     kwargs: dict[str, Any],
 ) -> StatementRef | None:
     """The statement of a call laid out as ``layout`` says, when the meter observes."""
-    if meter._statements is None and meter._sampling is None:
+    if not meter._observes():
         return None
     at = layout & _LAYOUT_CURSOR
     rows_from = args[at] if len(args) > at and not layout & _LAYOUT_NO_ROWS else None

@@ -10,6 +10,8 @@ critical sections run under the GIL; here they hold the table's lock.
 from __future__ import annotations
 
 import array
+import contextvars
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +19,17 @@ from typing import Any
 
 from .. import _faults
 
-__all__ = ["Sampling", "Statements", "bucket_of", "observe"]
+__all__ = [
+    "Sampling",
+    "Scope",
+    "Statements",
+    "_current_scope",
+    "bucket_of",
+    "enter_scope",
+    "exit_scope",
+    "observe",
+    "scopes_open",
+]
 
 _wall_ns = time.time_ns
 
@@ -382,24 +394,155 @@ def _rowcount(cursor: Any) -> int:
     return -1
 
 
+class Scope:
+    """A scope's figures, made by _enter_scope(focus, tags): the queries counted inside it."""
+
+    __slots__ = ("db_ns", "dialects", "errors", "focus", "parent", "queries", "tags", "texts")
+
+    db_ns: int
+    dialects: dict[Any, Any]
+    errors: int
+    focus: frozenset[Any] | None
+    parent: Scope | None
+    queries: int
+    tags: Any
+    texts: dict[Any, int]
+
+    def __init__(self) -> None:
+        raise TypeError("cannot create 'querymeter.core._py.Scope' instances")
+
+    def _tags(self) -> Any:
+        """_tags() -> mapping
+
+        The scope's tags, merged with its parents'.
+        """
+        return self.tags
+
+    def _read(self) -> tuple[int, int, int, dict[Any, int], dict[Any, Any]]:
+        """_read() -> (queries, errors, db_ns, texts, dialects)
+
+        The scope's figures so far, and how often each text ran.
+        """
+        with _scope_lock:
+            return self.queries, self.errors, self.db_ns, dict(self.texts), dict(self.dialects)
+
+
+_scope_var: contextvars.ContextVar[Scope] = contextvars.ContextVar("querymeter_core_py_scope")
+_scope_lock = threading.Lock()
+# Scopes entered and not exited, in every thread: none, and no query looks.
+_scopes_open = [0]
+
+
+def _renew_scope_lock_in_child() -> None:
+    global _scope_lock
+    _scope_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_renew_scope_lock_in_child)
+
+
+def enter_scope(focus: frozenset[Any] | None, tags: Any) -> tuple[Scope, contextvars.Token[Scope]]:
+    """_enter_scope(focus, tags) -> (scope, token)
+
+    A new innermost scope.
+    """
+    if focus is not None and type(focus) is not frozenset:
+        raise TypeError("focus must be a frozenset or None")
+    scope = object.__new__(Scope)
+    scope.parent = _scope_var.get(None)
+    scope.focus = focus
+    scope.tags = tags
+    scope.queries = scope.errors = scope.db_ns = 0
+    scope.texts = {}
+    scope.dialects = {}
+    token = _scope_var.set(scope)
+    with _scope_lock:
+        _scopes_open[0] += 1
+    return scope, token
+
+
+def exit_scope(token: contextvars.Token[Scope]) -> None:
+    """_exit_scope(token) -> None
+
+    Back to the scope current at its enter.
+    """
+    _scope_var.reset(token)
+    with _scope_lock:
+        _scopes_open[0] -= 1
+
+
+def _current_scope() -> Scope | None:
+    """_current_scope() -> Scope | None
+
+    The innermost scope of the context.
+    """
+    return _scope_var.get(None)
+
+
+def scopes_open() -> bool:
+    return _scopes_open[0] > 0
+
+
+def _scope_record(
+    scope: Scope | None, statement: StatementRef | None, elapsed: int, error: bool
+) -> None:
+    sql = None if statement is None else statement[1]
+    texted = type(sql) is str or type(sql) is bytes
+    with _scope_lock:
+        while scope is not None:
+            scope.queries += 1
+            scope.errors += 1 if error else 0
+            scope.db_ns += elapsed
+            if texted:
+                count = scope.texts.get(sql)
+                scope.texts[sql] = 1 if count is None else count + 1
+                if count is None:
+                    scope.dialects[sql] = None if statement is None else statement[0]
+            scope = scope.parent
+
+
 def observe(
     statements: Statements | None,
     sampling: Sampling | None,
+    session_statements: Statements | None,
+    session_sampling: Sampling | None,
+    session_focus: Any,
     statement: StatementRef | None,
     elapsed: int,
     error: bool,
     error_type: type[BaseException] | None,
 ) -> None:
-    """Observe a counted query, into the table and to sampling.
+    """Observe a counted query: into its scopes, the meter's table and sampling,
+    and a profiling session's (when its focus wants the query).
 
     Everything is observed even if something is interrupted on the way; then
     the interrupt is raised (inside the caller's ``except`` block, it chains
     to the driver's exception, as in C).
     """
-    stop: BaseException | None = None
     chosen = sampling is not None and sampling._chooses(elapsed)
+    session = session_statements is not None or session_sampling is not None
+    if statements is None and not chosen and not session and not scopes_open():
+        return
+    scope = _scope_var.get(None) if scopes_open() else None
+    if scope is not None:
+        _scope_record(scope, statement, elapsed, error)
+    focused = session and (
+        session_focus is None
+        or (scope is not None and scope.focus is not None and session_focus in scope.focus)
+    )
+    session_chosen = focused and session_sampling is not None and session_sampling._chooses(elapsed)
+    tables = [t for t in (statements, session_statements if focused else None) if t is not None]
+    samplings = [
+        x
+        for x in (sampling if chosen else None, session_sampling if session_chosen else None)
+        if x is not None
+    ]
+    if not tables and not samplings:
+        return
+    stop: BaseException | None = None
     rows = -1
-    if (statements is not None or chosen) and not error and statement is not None:
+    if not error and statement is not None:
         rows_from = statement[3]
         if rows_from is not None:
             try:
@@ -408,14 +551,14 @@ def observe(
                 stop = exc
     wall = _wall_ns()
     dialect, sql, params = (None, None, None) if statement is None else statement[:3]
-    if statements is not None:
+    for table in tables:
         try:
-            statements._record_at(dialect, sql, elapsed, error, rows, wall)
+            table._record_at(dialect, sql, elapsed, error, rows, wall)
         except BaseException as exc:  # noqa: BLE001 - kept, raised at the end
             stop = stop or exc
-    if chosen and sampling is not None:
+    for chosen_sampling in samplings:
         try:
-            sampling._capture(
+            chosen_sampling._capture(
                 sql, dialect, params, wall, elapsed, error_type if error else None, rows
             )
         except Exception as exc:  # noqa: BLE001 - ours: a fault

@@ -1006,29 +1006,201 @@ sampling_capture(SamplingObject *s, const statement_ref *st, uint64_t elapsed,
     return status;
 }
 
-/* Observes a query that was counted: into the statement table and to
-   sampling, when the meter has them.  `error_type` is the class of the
-   exception that ended it (NULL: the one in flight).  Preserves an exception in flight (the
+/* ---------------------------------------------------------------- Scope */
+
+/* A scope: the queries counted inside a `with querymeter.scope(...)` block,
+   found through a context variable (so it follows asyncio tasks, and threads
+   that copy the context).  Counts every query counted by any meter of this
+   core inside it, and in every enclosing scope; keeps how often each text ran
+   (fingerprinted only when read: the N+1 pattern). */
+typedef struct ScopeObject {
+    PyObject_HEAD
+    struct ScopeObject *parent;
+    PyObject *focus;        /* frozenset of session keys that want its queries, or NULL */
+    PyObject *tags;         /* the scope's tags (merged with its parents'), a mapping */
+    uint64_t queries;
+    uint64_t errors;
+    uint64_t db_ns;
+    PyObject *texts;        /* dict: statement text -> times run */
+    PyObject *dialects;     /* dict: statement text -> its dialect (or None) */
+} ScopeObject;
+
+static PyObject *qm_scope_var = NULL;   /* ContextVar holding the innermost Scope */
+static Py_ssize_t qm_scopes_open = 0;   /* scopes entered and not exited, all threads */
+
+static int
+scope_traverse(ScopeObject *sc, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(sc));
+    Py_VISIT(sc->parent);
+    Py_VISIT(sc->focus);
+    Py_VISIT(sc->tags);
+    Py_VISIT(sc->texts);
+    Py_VISIT(sc->dialects);
+    return 0;
+}
+
+static int
+scope_clear(ScopeObject *sc)
+{
+    Py_CLEAR(sc->parent);
+    Py_CLEAR(sc->focus);
+    Py_CLEAR(sc->tags);
+    Py_CLEAR(sc->texts);
+    Py_CLEAR(sc->dialects);
+    return 0;
+}
+
+static void
+scope_dealloc(ScopeObject *sc)
+{
+    PyTypeObject *tp = Py_TYPE(sc);
+    PyObject_GC_UnTrack(sc);
+    scope_clear(sc);
+    tp->tp_free((PyObject *)sc);
+    Py_DECREF(tp);
+}
+
+/* The innermost scope of the running context (a new reference), or NULL. */
+static ScopeObject *
+current_scope(void)
+{
+    if (qm_scopes_open <= 0 || qm_scope_var == NULL) {
+        return NULL;
+    }
+    PyObject *value = NULL;
+    if (PyContextVar_Get(qm_scope_var, NULL, &value) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    return (ScopeObject *)value;
+}
+
+/* One query, in the scope and every enclosing one.  Failures (memory) only
+   cost the text's count, never the figures. */
+static void
+scope_record(ScopeObject *sc, const statement_ref *st, uint64_t elapsed, int error)
+{
+    PyObject *sql = st != NULL ? st->sql : NULL;
+    int texted = sql != NULL && (PyUnicode_CheckExact(sql) || PyBytes_CheckExact(sql));
+    for (; sc != NULL; sc = sc->parent) {
+        sc->queries += 1;
+        sc->errors += error ? 1 : 0;
+        sc->db_ns += elapsed;
+        if (!texted) {
+            continue;
+        }
+        PyObject *count = PyDict_GetItemWithError(sc->texts, sql);
+        long long times = count != NULL ? PyLong_AsLongLong(count) : 0;
+        PyObject *next = PyLong_FromLongLong(times + 1);
+        if (next == NULL || PyDict_SetItem(sc->texts, sql, next) < 0
+            || (count == NULL
+                && PyDict_SetItem(sc->dialects, sql,
+                                  st->dialect != NULL ? st->dialect : Py_None) < 0)) {
+            PyErr_Clear();
+        }
+        Py_XDECREF(next);
+    }
+}
+
+static PyObject *
+scope_read(ScopeObject *sc, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *texts = PyDict_Copy(sc->texts);
+    PyObject *dialects = PyDict_Copy(sc->dialects);
+    if (texts == NULL || dialects == NULL) {
+        Py_XDECREF(texts);
+        Py_XDECREF(dialects);
+        return NULL;
+    }
+    return Py_BuildValue("(KKKNN)", (unsigned long long)sc->queries,
+                         (unsigned long long)sc->errors, (unsigned long long)sc->db_ns, texts,
+                         dialects);
+}
+
+static PyObject *
+scope_tags(ScopeObject *sc, PyObject *Py_UNUSED(ignored))
+{
+    return Py_NewRef(sc->tags);
+}
+
+static PyMethodDef scope_methods[] = {
+    {"_tags", (PyCFunction)scope_tags, METH_NOARGS,
+     PyDoc_STR("_tags() -> mapping\n\nThe scope's tags, merged with its parents'.")},
+    {"_read", (PyCFunction)scope_read, METH_NOARGS,
+     PyDoc_STR("_read() -> (queries, errors, db_ns, texts, dialects)\n\n"
+               "The scope's figures so far, and how often each text ran.")},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot scope_slots[] = {
+    {Py_tp_doc, (void *)PyDoc_STR(
+        "A scope's figures, made by _enter_scope(focus, tags): the queries counted inside it.")},
+    {Py_tp_dealloc, (void *)scope_dealloc},
+    {Py_tp_traverse, (void *)scope_traverse},
+    {Py_tp_clear, (void *)scope_clear},
+    {Py_tp_methods, scope_methods},
+    {0, NULL},
+};
+
+static PyType_Spec scope_spec = {
+    .name = "querymeter.core._c.Scope",
+    .basicsize = sizeof(ScopeObject),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+    .slots = scope_slots,
+};
+
+/* ------------------------------------------------------------ observing */
+
+/* Observes a query that was counted: into the scopes it ran in, the meter's
+   statement table and sampling, and a profiling session's (when its focus
+   wants the query).  `error_type` is the class of the exception that ended
+   it (NULL: the one in flight).  Preserves an exception in flight (the
    driver's).  Everything is observed even if something is interrupted on
    the way; then -1, with the interrupt set (chained to the driver's
    exception, if any). */
 static int
-observe(PyObject *table_obj, PyObject *sampling_obj, const statement_ref *st,
+observe(PyObject *table_obj, PyObject *sampling_obj, PyObject *session_table_obj,
+        PyObject *session_sampling_obj, PyObject *session_focus, const statement_ref *st,
         uint64_t elapsed, int error, PyObject *error_type)
 {
     int chosen = sampling_obj != NULL
                  && sampling_chooses((SamplingObject *)sampling_obj, elapsed);
-    if (table_obj == NULL && !chosen) {
+    int session = session_table_obj != NULL || session_sampling_obj != NULL;
+    if (table_obj == NULL && !chosen && !session && qm_scopes_open <= 0) {
         return 0;  /* sampling only, and this query not chosen: the common case */
     }
-    StatementsObject *table = (StatementsObject *)Py_XNewRef(table_obj);
-    SamplingObject *sampling = (SamplingObject *)Py_XNewRef(sampling_obj);
     PyObject *pending_type, *pending_value, *pending_tb;
     PyErr_Fetch(&pending_type, &pending_value, &pending_tb);
     PyObject *stop_type = NULL, *stop_value = NULL, *stop_tb = NULL;
 
+    ScopeObject *scope = current_scope();
+    if (scope != NULL) {
+        scope_record(scope, st, elapsed, error);
+    }
+    int focused = session
+                  && (session_focus == NULL
+                      || (scope != NULL && scope->focus != NULL
+                          && PySet_Contains(scope->focus, session_focus) == 1));
+    PyErr_Clear();
+    Py_XDECREF(scope);
+    int session_chosen = focused && session_sampling_obj != NULL
+                         && sampling_chooses((SamplingObject *)session_sampling_obj, elapsed);
+    PyObject *tables[2] = {table_obj, focused ? session_table_obj : NULL};
+    PyObject *samplings[2] = {chosen ? sampling_obj : NULL,
+                              session_chosen ? session_sampling_obj : NULL};
+    if (tables[0] == NULL && tables[1] == NULL && samplings[0] == NULL && samplings[1] == NULL) {
+        PyErr_Restore(pending_type, pending_value, pending_tb);
+        return 0;
+    }
+    /* Held: the meter's may be replaced while Python code runs below. */
+    for (int i = 0; i < 2; i++) {
+        Py_XINCREF(tables[i]);
+        Py_XINCREF(samplings[i]);
+    }
+
     int64_t rows = -1;
-    if ((table != NULL || chosen) && !error && st != NULL && st->rows_from != NULL) {
+    if (!error && st != NULL && st->rows_from != NULL) {
         int interrupted = 0;
         rows = read_rowcount(st->rows_from, &interrupted);
         if (interrupted) {
@@ -1036,22 +1208,29 @@ observe(PyObject *table_obj, PyObject *sampling_obj, const statement_ref *st,
         }
     }
     int64_t wall = wall_ns();
-    if (table != NULL
-        && statements_record(table, st ? st->dialect : NULL, st ? st->sql : NULL, elapsed,
-                             error, rows, wall, 1) < 0
-        && stop_type == NULL) {
-        PyErr_Fetch(&stop_type, &stop_value, &stop_tb);
+    for (int i = 0; i < 2; i++) {
+        if (tables[i] != NULL
+            && statements_record((StatementsObject *)tables[i], st ? st->dialect : NULL,
+                                 st ? st->sql : NULL, elapsed, error, rows, wall, 1) < 0
+            && stop_type == NULL) {
+            PyErr_Fetch(&stop_type, &stop_value, &stop_tb);
+        }
+        PyErr_Clear();
     }
-    PyErr_Clear();
-    if (chosen
-        && sampling_capture(sampling, st, elapsed,
-                           error ? (error_type ? error_type : pending_type) : NULL, rows, wall) < 0
-        && stop_type == NULL) {
-        PyErr_Fetch(&stop_type, &stop_value, &stop_tb);
+    for (int i = 0; i < 2; i++) {
+        if (samplings[i] != NULL
+            && sampling_capture((SamplingObject *)samplings[i], st, elapsed,
+                                error ? (error_type ? error_type : pending_type) : NULL, rows,
+                                wall) < 0
+            && stop_type == NULL) {
+            PyErr_Fetch(&stop_type, &stop_value, &stop_tb);
+        }
+        PyErr_Clear();
     }
-    PyErr_Clear();
-    Py_XDECREF(table);
-    Py_XDECREF(sampling);
+    for (int i = 0; i < 2; i++) {
+        Py_XDECREF(tables[i]);
+        Py_XDECREF(samplings[i]);
+    }
     if (stop_type != NULL) {
         raise_with_context(stop_type, stop_value, stop_tb, pending_type, pending_value, pending_tb);
         return -1;

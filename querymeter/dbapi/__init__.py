@@ -24,12 +24,14 @@ from typing import Any, Protocol
 
 from .._patching import Patch
 from ..meter import Meter, meter_argument
-from ._connections import connection_meter
+from ._connections import connection_meter, counting_connections
 
 __all__ = [
     "SUPPORTED_DRIVERS",
     "DriverAdapter",
+    "counting_connections",
     "instrument",
+    "instrumented_drivers",
     "instrumented_meter",
     "meter_of",
     "uninstrument",
@@ -185,6 +187,13 @@ def uninstrument(module: types.ModuleType) -> None:
         if entry is not None:
             for patch in reversed(entry[1]):
                 patch.remove()
+
+
+def instrumented_drivers() -> list[types.ModuleType]:
+    """The driver modules instrumented now."""
+    with _lock:
+        names = list(_instrumented)
+    return [sys.modules[name] for name in names if name in sys.modules]
 
 
 def instrumented_meter(module: types.ModuleType) -> Meter | None:

@@ -19,6 +19,7 @@ __all__ = [
     "already_counted_by_other",
     "connection_meter",
     "connection_namespace",
+    "counting_connections",
     "forget_connection",
     "set_connection_meter",
     "unwrap_in_place",
@@ -138,3 +139,10 @@ def unwrap_in_place(connection: Any) -> Any:
     if base is not None:
         connection.__class__ = base
     return connection
+
+
+def counting_connections() -> list[Any]:
+    """Every live connection that counts into a meter now."""
+    with _connection_meters._lock:
+        refs = [ref for ref, _ in _connection_meters._entries.values()]
+    return [connection for connection in (ref() for ref in refs) if connection is not None]

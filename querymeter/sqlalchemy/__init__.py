@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import weakref
 from typing import Any
 
 try:
@@ -46,6 +47,7 @@ __all__ = [
     "PoolSnapshot",
     "instrument",
     "instrument_all",
+    "instrumented_engines",
     "instrumented_meter",
     "pool_snapshot",
     "uninstrument",
@@ -117,6 +119,7 @@ def instrument(engine: Any, *, meter: Meter | None = None) -> None:
             )
         Instrumentation.check_lingering(root.dialect, counted_into)
         Instrumentation(root, counted_into).install(root)
+        _engines.add(root)
 
 
 def uninstrument(engine: Any) -> None:
@@ -154,6 +157,20 @@ def pool_snapshot(engine: Any) -> PoolSnapshot:
             "querymeter.sqlalchemy.instrument(engine) first"
         )
     return current.pool_snapshot()
+
+
+def instrumented_engines() -> list[Any]:
+    """Every engine instrumented now (the root engine of each; weakly held)."""
+    with _lock:
+        return [
+            engine
+            for engine in list(_engines)
+            if isinstance(state_of(engine.dialect), Instrumentation)
+        ]
+
+
+# Engines instrumented, weakly: for querymeter.uninstrument_all().
+_engines: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 # ------------------------------------------------------------- every engine

@@ -139,6 +139,13 @@ def _error_name(error_type: Any) -> str | None:
     return name if module == "builtins" else f"{module}.{name}"
 
 
+def _tags(core_module: Any) -> Mapping[str, Any]:
+    """The tags of the innermost scope the query ran in."""
+    scope = core_module._current_scope()
+    tags: Mapping[str, Any] = _NO_TAGS if scope is None else scope._tags()
+    return tags
+
+
 def _task_name() -> str | None:
     asyncio = sys.modules.get("asyncio")
     if asyncio is None:
@@ -157,7 +164,17 @@ class SampleLog:
     in ``dropped``.
     """
 
-    __slots__ = ("_core", "_lock", "_ring", "_taken", "capacity", "params", "rate", "slower_than")
+    __slots__ = (
+        "_core",
+        "_core_module",
+        "_lock",
+        "_ring",
+        "_taken",
+        "capacity",
+        "params",
+        "rate",
+        "slower_than",
+    )
 
     def __init__(
         self,
@@ -197,6 +214,8 @@ class SampleLog:
         self._taken = 0
         self._lock = threading.Lock()
         sampling_type = core.Sampling if core_type is None else core_type
+        # The core this log samples for: its scopes give the samples' tags.
+        self._core_module = sys.modules[sampling_type.__module__]
         self._core = sampling_type(self.rate, threshold_ns, self._capture, secrets.randbits(64))
 
     def _capture(
@@ -231,6 +250,7 @@ class SampleLog:
             rows=rows if rows >= 0 else None,
             thread=threading.current_thread().name,
             task=_task_name(),
+            tags=_tags(self._core_module),
             params=captured,
         )
         with self._lock:

@@ -93,7 +93,7 @@ def test_the_c_module_has_every_name_of_the_stub() -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["MeterCore", "Token", "Tracker", "Occupancies", "Statements", "Sampling"]
+    "name", ["MeterCore", "Token", "Tracker", "Occupancies", "Statements", "Sampling", "Scope"]
 )
 def test_the_c_module_and_the_twin_share_their_docstrings(name: str) -> None:
     """Each C type documents itself as its twin does."""
@@ -101,3 +101,18 @@ def test_the_c_module_and_the_twin_share_their_docstrings(name: str) -> None:
     from querymeter.core import _c as _core
 
     assert inspect.getdoc(getattr(_core, name)) == inspect.getdoc(getattr(_core_py, name))
+
+
+def test_the_module_functions_of_the_stub_exist_in_both_cores() -> None:
+    """The stub's module-level functions (the kill switch, the scopes) are in the twin,
+    with the same parameters, and in the C module."""
+    load_meter_class("c")
+    from querymeter.core import _c as _core
+
+    functions = [
+        node for node in ast.parse(STUB.read_text()).body if isinstance(node, ast.FunctionDef)
+    ]
+    assert {f.name for f in functions} >= {"_set_enabled", "_enabled", "_enter_scope"}
+    for function in functions:
+        assert stub_parameters(function) == twin_parameters(getattr(_core_py, function.name))
+        assert callable(getattr(_core, function.name)), function.name
