@@ -15,6 +15,7 @@ from .core import IMPLEMENTATION
 from .meter import Meter, default_meter, snapshot
 from .readings import Interval, Snapshot
 from .scopes import Scope, current_scope, scope
+from .sessions import Report, Session, overhead, profile
 from .statements import (
     QuerySample,
     StatementsInterval,
@@ -31,7 +32,9 @@ __all__ = [
     "Interval",
     "Meter",
     "QuerySample",
+    "Report",
     "Scope",
+    "Session",
     "Snapshot",
     "StatementStats",
     "StatementTable",
@@ -44,6 +47,8 @@ __all__ = [
     "faults",
     "fingerprint",
     "is_enabled",
+    "overhead",
+    "profile",
     "scope",
     "snapshot",
     "statement_id",

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextvars
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType, TracebackType
 from typing import Any
@@ -26,7 +27,15 @@ from typing import Any
 from . import _faults, core
 from .statements import fingerprint
 
-__all__ = ["Scope", "add_focus", "current_scope", "remove_focus", "scope"]
+__all__ = [
+    "Scope",
+    "add_exit_listener",
+    "add_focus",
+    "current_scope",
+    "remove_exit_listener",
+    "remove_focus",
+    "scope",
+]
 
 # Tags are matched by the focus of profiling sessions: key -> predicate.
 _focus_rules: dict[object, Callable[[Mapping[str, Any]], bool]] = {}
@@ -44,7 +53,16 @@ class Scope:
     ``n_plus_one`` times; ``tags`` are the scope's, merged with its parents'.
     """
 
-    __slots__ = ("_cores", "_entered", "_own_tags", "_tokens", "n_plus_one", "tags")
+    __slots__ = (
+        "_cores",
+        "_entered",
+        "_own_tags",
+        "_started_ns",
+        "_tokens",
+        "elapsed_ns",
+        "n_plus_one",
+        "tags",
+    )
 
     def __init__(self, tags: Mapping[str, Any], n_plus_one: int) -> None:
         self._own_tags = dict(tags)
@@ -53,6 +71,9 @@ class Scope:
         self._cores: list[Any] = []
         self._tokens: list[tuple[Any, Any]] = []
         self._entered = False
+        self._started_ns = 0
+        #: How long the block ran, ns (monotonic), once it has ended; None before.
+        self.elapsed_ns: int | None = None
 
     def __enter__(self) -> Scope:
         if self._entered:
@@ -69,6 +90,7 @@ class Scope:
             self._tokens.append((module, token))
         self._tokens.append((None, _current.set(self)))
         self._entered = True
+        self._started_ns = time.monotonic_ns()
         return self
 
     def __exit__(
@@ -80,12 +102,18 @@ class Scope:
         if not self._entered:
             raise RuntimeError("__exit__() called on a scope that is not open")
         self._entered = False
+        self.elapsed_ns = time.monotonic_ns() - self._started_ns
         for module, token in reversed(self._tokens):
             if module is None:
                 _current.reset(token)
             else:
                 module._exit_scope(token)
         self._tokens = []
+        for listener in list(_exit_listeners):
+            try:
+                listener(self)
+            except Exception as exc:  # noqa: BLE001 - a session's: never the application's
+                _faults.report("scope: a listener of scopes raised", exc)
 
     def _figures(self) -> tuple[int, int, int, dict[tuple[Any, Any], int]]:
         queries = errors = db_ns = 0
@@ -158,6 +186,21 @@ def current_scope() -> Scope | None:
 
 
 _focus_lock = threading.Lock()
+
+
+# Called with each scope as it ends (profiling sessions sum up their scopes).
+_exit_listeners: list[Callable[[Scope], None]] = []
+
+
+def add_exit_listener(listener: Callable[[Scope], None]) -> None:
+    with _focus_lock:
+        _exit_listeners.append(listener)
+
+
+def remove_exit_listener(listener: Callable[[Scope], None]) -> None:
+    with _focus_lock:
+        if listener in _exit_listeners:
+            _exit_listeners.remove(listener)
 
 
 def add_focus(key: object, predicate: Callable[[Mapping[str, Any]], bool]) -> None:

@@ -21,7 +21,7 @@ from . import _faults, core
 
 __all__ = ["disable", "enable", "is_enabled", "on_disable", "uninstrument_all"]
 
-# Callbacks run at disable(): the stop() of running profiling sessions.
+# What disable() ends (running profiling sessions), weakly: their _on_disable().
 _on_disable: weakref.WeakSet[Any] = weakref.WeakSet()
 _lock = threading.Lock()
 
@@ -33,7 +33,7 @@ def disable() -> None:
         stoppers = list(_on_disable)
     for stopper in stoppers:
         try:
-            stopper.stop()
+            stopper._on_disable()
         except Exception as exc:  # noqa: BLE001 - ours: the switch itself must not fail
             _faults.report("disable: could not end a profiling session", exc)
 
@@ -49,7 +49,7 @@ def is_enabled() -> bool:
 
 
 def on_disable(stoppable: Any) -> None:
-    """Have ``stoppable.stop()`` called at the next :func:`disable` (weakly held)."""
+    """Have ``stoppable._on_disable()`` called at the next :func:`disable` (weakly held)."""
     with _lock:
         _on_disable.add(stoppable)
 

@@ -32,6 +32,7 @@ PARTS = {
     "querymeter.demo": "demo",
     "querymeter.statements": "statements",
     "querymeter.scopes": "scopes",
+    "querymeter.sessions": "sessions",
     "querymeter.switch": "switch",
     "querymeter.cli": "cli",
     "querymeter.__main__": "cli",
@@ -54,6 +55,17 @@ MAY_IMPORT = {
     "statements": {"faults", "core"},
     "scopes": {"faults", "core", "statements"},
     "switch": {"faults", "core"},
+    "sessions": {
+        "faults",
+        "core",
+        "meter",
+        "readings",
+        "statements",
+        "scopes",
+        "switch",
+        "hooks",
+        "report",
+    },
     "report content": {"readings", "laws"},
     "report": {"readings", "laws", "report content"},
     "demo targets": set(),
@@ -80,7 +92,16 @@ MAY_IMPORT = {
         "demo",
         "statements",
     },
-    "package": {"faults", "core", "readings", "meter", "statements", "scopes", "switch"},
+    "package": {
+        "faults",
+        "core",
+        "readings",
+        "meter",
+        "statements",
+        "scopes",
+        "switch",
+        "sessions",
+    },
 }
 
 

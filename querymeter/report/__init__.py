@@ -35,6 +35,7 @@ from ._html import (
 )
 from ._json import json_document, render_json
 from ._markdown import render_markdown
+from ._session import render_session_html, render_session_markdown
 from ._text import WIDTH as TEXT_WIDTH
 from ._text import fit_text, render_text, text_header, text_legend, text_level
 
@@ -63,6 +64,8 @@ __all__ = [
     "render_html",
     "render_json",
     "render_markdown",
+    "render_session_html",
+    "render_session_markdown",
     "render_text",
     "svg_chart",
     "text_header",
