@@ -29,8 +29,10 @@ from .. import _faults, scopes, switch
 from ..meter import Meter, meter_argument
 from ..readings import Interval, Snapshot
 from ..statements import SampleLog, StatementTable
+from ._explain import explain_statements
 from ._overhead import settings_overhead
 from ._report import FORMAT, Report, sample_dicts
+from ._waits import ServerWaitSampler, backend_ids_for
 
 __all__ = ["Session", "profile"]
 
@@ -175,6 +177,7 @@ class Session:
         scopes.add_exit_listener(self._scope_ended)
         self._engines = _engines_of(self.meter)
         self._pools_before = _pool_snapshots(self._engines)
+        self._waits = self._start_waits() if self.waits else None
         self._started_wall_ns = time.time_ns()
         self._before: Snapshot = self.meter.snapshot()
         self.meter._observe_session(self._table._core, self._log._core, self._key)
@@ -205,6 +208,8 @@ class Session:
         """End the session (again: nothing more) and return its report."""
         with self._lock:
             if self._state != "running":
+                if self._state == "forked":
+                    raise RuntimeError("this session ran in the parent process (before a fork)")
                 if self._report is None:
                     raise RuntimeError("this session has not started")
                 return self._report
@@ -218,7 +223,11 @@ class Session:
             after = self.meter.snapshot()
             ended_wall_ns = time.time_ns()
             pools_after = _pool_snapshots(self._engines)
-            self._report = self._build(after, ended_wall_ns, pools_after, ended_by)
+            server_waits = self._stop_waits()
+            report = self._build(after, ended_wall_ns, pools_after, ended_by, server_waits)
+            if self.explain:
+                report = self._explained(report)
+            self._report = report
         finally:
             with _lock:
                 if _running.get(self.meter) is self:
@@ -257,6 +266,8 @@ class Session:
         """The session's report: the final one once it has ended, else what it found so far."""
         if self._report is not None:
             return self._report
+        if self._state == "forked":
+            raise RuntimeError("this session ran in the parent process (before a fork)")
         if self._state != "running":
             raise RuntimeError("this session has not started")
         return self._build(
@@ -264,7 +275,12 @@ class Session:
         )
 
     def _build(
-        self, after: Snapshot, ended_wall_ns: int, pools_after: list[Any], ended_by: str
+        self,
+        after: Snapshot,
+        ended_wall_ns: int,
+        pools_after: list[Any],
+        ended_by: str,
+        server_waits: dict[str, Any] | None = None,
     ) -> Report:
         interval = Interval(self._before, after)
         reading = self._table.snapshot()
@@ -297,6 +313,7 @@ class Session:
             "untexted": reading.untexted.as_dict(),
             "waits": {
                 "client": self._client_waits(db_ns, pools_after),
+                "server": server_waits,
             },
             "samples": sample_dicts(samples),
             "samples_dropped": self._log.dropped,
@@ -305,6 +322,73 @@ class Session:
             "notes": list(self._notes),
         }
         return Report(data)
+
+    # ---------------------------------------- server waits and plans (opt-in)
+
+    def _engine_for(self, what: str) -> Any:
+        """The engine whose server a session's extra connection goes to, or None (noted)."""
+        if not self._engines:
+            self._notes.append(
+                f"{what}: no SQLAlchemy engine is instrumented with this meter "
+                "(querymeter.sqlalchemy.instrument(engine, meter=...)): skipped"
+            )
+            return None
+        return self._engines[0]
+
+    def _start_waits(self) -> Any:
+        engine = self._engine_for("waits")
+        if engine is None:
+            return None
+        dialect = _fingerprint_dialect(engine)
+        if dialect not in ("postgresql", "mysql", "mariadb"):
+            self._notes.append(f"waits: {engine.dialect.name} has no server waits to sample")
+            return None
+        # The application's connections: those querymeter.dbapi counts, and those the
+        # engines check out while the session runs (their pools' listeners).
+        self._engine_ids: set[int] = set()
+        self._id_listeners = _listen_checkouts(self._engines, self._engine_ids)
+        try:
+            sampler = ServerWaitSampler(
+                _raw_connector(engine),
+                dialect=dialect,
+                backend_ids=lambda: backend_ids_for(self.meter) | self._engine_ids,
+            )
+            sampler.start()
+        except Exception as exc:  # noqa: BLE001 - opt-in figures: a note, never an error
+            _faults.report("profile: could not start sampling the server's waits", exc)
+            self._notes.append(f"waits: could not start: {exc}")
+            return None
+        return sampler
+
+    def _stop_waits(self) -> dict[str, Any] | None:
+        sampler, self._waits = getattr(self, "_waits", None), None
+        _unlisten(getattr(self, "_id_listeners", []))
+        if sampler is None:
+            return None
+        try:
+            profile = sampler.stop()
+        except Exception as exc:  # noqa: BLE001 - opt-in figures: a note, never an error
+            _faults.report("profile: could not stop sampling the server's waits", exc)
+            self._notes.append(f"waits: {exc}")
+            return None
+        self._notes.extend(f"waits: {note}" for note in profile.notes)
+        data: dict[str, Any] = profile.as_dict()
+        return data
+
+    def _explained(self, report: Report) -> Report:
+        """The report with the plans of its top statements (after the session: the
+        explaining never competes with the work under study)."""
+        engine = self._engine_for("explain")
+        if engine is None:
+            return Report({**report.as_dict(), "notes": list(self._notes)})
+        top = [(s["fingerprint"], s["sample_sql"]) for s in report.top(5, by="total")]
+        try:
+            plans = [plan.as_dict() for plan in explain_statements(top, engine)]
+        except Exception as exc:  # noqa: BLE001 - opt-in: a note, never an error
+            _faults.report("profile: could not explain the top statements", exc)
+            self._notes.append(f"explain: {exc}")
+            plans = []
+        return Report({**report.as_dict(), "plans": plans, "notes": list(self._notes)})
 
     def _observer_effect(self, interval: Interval, db_ns: int) -> dict[str, Any]:
         try:
@@ -359,6 +443,25 @@ class Session:
         return {"parts": named, "verdict": verdict, "scopes": scopes_seen, "scope_ns": scope_ns}
 
 
+def _end_sessions_in_child() -> None:
+    """A forked child has no session: its timer did not survive the fork, and the
+    parent's figures are the parent's.  The child's meters stop observing for them."""
+    global _lock
+    _lock = threading.Lock()
+    for meter, session in list(_running.items()):
+        session._lock = threading.Lock()
+        session._state = "forked"
+        try:
+            meter._observe_session(None, None, None)
+        except Exception as exc:  # noqa: BLE001 - ours, in a child being set up
+            _faults.report("profile: could not end a session in a forked child", exc)
+    _running.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_end_sessions_in_child)
+
+
 def _predicate(
     focus: Mapping[str, Any] | Callable[[Mapping[str, Any]], bool] | None,
 ) -> Callable[[Mapping[str, Any]], bool] | None:
@@ -387,6 +490,72 @@ def _describe(focus: object) -> str | dict[str, Any] | None:
     if focus is None or isinstance(focus, Mapping):
         return None if focus is None else {str(k): repr(v) for k, v in focus.items()}
     return getattr(focus, "__qualname__", repr(focus))
+
+
+def _fingerprint_dialect(engine: Any) -> str | None:
+    name = getattr(engine.dialect, "name", None)
+    return name if name in ("postgresql", "mysql", "mariadb", "sqlite") else None
+
+
+def _backend_id(connection: Any) -> int | None:
+    """The server's id of a DB-API connection: PostgreSQL's backend pid, MySQL's thread id."""
+    info = getattr(connection, "info", None)
+    pid = getattr(info, "backend_pid", None)  # psycopg
+    if isinstance(pid, int):
+        return pid
+    for method in ("get_backend_pid", "thread_id"):  # psycopg2; PyMySQL, mysqlclient
+        function = getattr(connection, method, None)
+        if callable(function):
+            value = function()
+            return value if isinstance(value, int) else None
+    return None
+
+
+def _listen_checkouts(engines: list[Any], ids: set[int]) -> list[tuple[Any, Any]]:
+    """Collect the server ids of the connections ``engines`` check out, into ``ids``."""
+    sqlalchemy_event = sys.modules.get("sqlalchemy.event")
+    if sqlalchemy_event is None:
+        return []
+
+    def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        try:
+            found = _backend_id(dbapi_connection)
+        except Exception as exc:  # noqa: BLE001 - a figure of ours: never the checkout's
+            _faults.report("profile: could not read a connection's server id", exc)
+            return
+        if found is not None:
+            ids.add(found)
+
+    listeners = []
+    for engine in engines:
+        sqlalchemy_event.listen(engine, "checkout", checked_out)
+        listeners.append((engine, checked_out))
+    return listeners
+
+
+def _unlisten(listeners: list[tuple[Any, Any]]) -> None:
+    sqlalchemy_event = sys.modules.get("sqlalchemy.event")
+    for engine, listener in listeners:
+        try:
+            if sqlalchemy_event is not None:
+                sqlalchemy_event.remove(engine, "checkout", listener)
+        except Exception as exc:  # noqa: BLE001 - ours: reported
+            _faults.report("profile: could not remove a checkout listener", exc)
+
+
+def _raw_connector(engine: Any) -> Callable[[], Any]:
+    """A DB-API connection to the engine's server, outside its pool and counted by no meter."""
+
+    def connect() -> Any:
+        cargs, cparams = engine.dialect.create_connect_args(engine.url)
+        connection = engine.dialect.loaded_dbapi.connect(*cargs, **cparams)
+        connections = sys.modules.get("querymeter.dbapi._connections")
+        if connections is not None:
+            # An instrumented driver counts what it connects: not this one.
+            connections.forget_connection(connection)
+        return connection
+
+    return connect
 
 
 def _core_module(meter: Meter) -> Any:

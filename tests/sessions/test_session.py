@@ -264,3 +264,30 @@ def test_overhead_is_measured_apart_from_the_application(meter: MeterType) -> No
     with_everything = querymeter.overhead(meter)
     assert with_everything > first, "capturing every query costs more than counting"
     assert meter.snapshot().queries == before
+
+
+def test_a_forked_child_has_no_session(meter: MeterType) -> None:
+    """The child of a fork during a session stops observing for it (its timer did not
+    survive), and can start a session of its own."""
+    import os
+
+    session = querymeter.profile(10, sample=1.0, meter=meter).start()
+    try:
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                with meter.track("select 1"):
+                    pass
+                with pytest.raises(RuntimeError, match="parent process"):
+                    session.report()
+                with querymeter.profile(10, meter=meter) as own, meter.track("select 2"):
+                    pass
+                status = 0 if own.report().figures["queries"] == 1 else 1
+            finally:
+                os._exit(status)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        report = session.stop()
+    assert report.figures["queries"] == 0, "the child's queries are not the parent's"
