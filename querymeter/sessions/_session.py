@@ -145,6 +145,7 @@ class Session:
         self._notes: list[str] = []
         self._report: Report | None = None
         self._scope_ns = [0, 0, 0]  # scopes ended in the session: count, time, DB time
+        self._full = False
 
     def __repr__(self) -> str:
         what = f" {self.objective!r}" if self.objective else ""
@@ -162,6 +163,19 @@ class Session:
                 raise RuntimeError(f"the meter already runs a profiling session: {running!r}")
             _running[self.meter] = self
             self._state = "running"
+        try:
+            self._begin()
+        except BaseException:
+            # Nothing left behind: not observing, not registered, not running.
+            self.meter._observe_session(None, None, None)
+            with _lock:
+                if _running.get(self.meter) is self:
+                    del _running[self.meter]
+            self._state = "new"
+            raise
+        return self
+
+    def _begin(self) -> None:
         core_module = _core_module(self.meter)
         self._table = StatementTable(core_type=core_module.Statements)
         self._log = _SessionLog(
@@ -185,7 +199,6 @@ class Session:
         self._timer = threading.Timer(self.duration, self._expired)
         self._timer.daemon = True
         self._timer.start()
-        return self
 
     def __enter__(self) -> Session:
         return self.start()
@@ -246,7 +259,11 @@ class Session:
             _faults.report("profile: could not end a session at its duration", exc)
 
     def _samples_full(self) -> None:
-        # Called from inside a capture: the core holds what it uses.
+        # Called from inside a capture (the core holds what it uses), once.
+        with self._lock:
+            if self._full:
+                return
+            self._full = True
         self.meter._observe_session(self._table._core, None, self._key)
         self._notes.append(
             f"max_samples ({self.max_samples}) reached: detailed capture of samples ended "
