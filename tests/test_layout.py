@@ -23,6 +23,7 @@ PARTS = {
     "querymeter.meter": "meter",
     "querymeter._patching": "patching",
     "querymeter.usl": "laws",
+    "querymeter.trends": "laws",
     "querymeter.sampler": "sampler",
     "querymeter.dbapi": "hooks",
     "querymeter.sqlalchemy": "hooks",
