@@ -26,6 +26,7 @@ from .statements import (
     statement_id,
 )
 from .switch import disable, enable, is_enabled, uninstrument_all
+from .trends import Trend, trend
 
 __all__ = [
     "IMPLEMENTATION",
@@ -40,6 +41,7 @@ __all__ = [
     "StatementTable",
     "StatementsInterval",
     "StatementsSnapshot",
+    "Trend",
     "current_scope",
     "default_meter",
     "disable",
@@ -52,6 +54,7 @@ __all__ = [
     "scope",
     "snapshot",
     "statement_id",
+    "trend",
     "uninstrument_all",
 ]
 

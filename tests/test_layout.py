@@ -34,6 +34,7 @@ PARTS = {
     "querymeter.statements": "statements",
     "querymeter.scopes": "scopes",
     "querymeter.sessions": "sessions",
+    "querymeter.middleware": "middleware",
     "querymeter.prometheus": "export",
     "querymeter.otel": "export",
     "querymeter.switch": "switch",
@@ -69,6 +70,7 @@ MAY_IMPORT = {
         "hooks",
         "report",
     },
+    "middleware": {"faults", "scopes"},
     # Exporters read snapshots; the engines they find in sys.modules, never by import.
     "export": {"faults", "meter", "readings", "statements"},
     "report content": {"readings", "laws"},
@@ -98,6 +100,7 @@ MAY_IMPORT = {
         "statements",
     },
     "package": {
+        "laws",
         "faults",
         "core",
         "readings",
