@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 import querymeter
-from querymeter import middleware
+from querymeter import dbapi, middleware
 from querymeter.meter import Meter as MeterType
 from querymeter.middleware import ASGIMiddleware
 
+from ..servers import driver, postgres_dsn
 from .conftest import FINGERPRINT, assert_timing_fits, run_queries, server_timing
 
 starlette_applications = pytest.importorskip("starlette.applications")
@@ -321,6 +322,45 @@ def test_fastapi_routes_are_named_and_counted(
     assert_timing_fits(response.headers.get("server-timing"), 6, wall_ns)
     (request,) = ended_scopes
     assert dict(request.tags) == {"method": "GET", "route": "/items/{item_id}"}
+
+
+@pytest.mark.servers
+def test_postgresql_requests_served_at_once_count_their_own_queries(
+    counting_meter: MeterType, ended_scopes: list[querymeter.Scope]
+) -> None:
+    """Against PostgreSQL through psycopg's async driver, overlapping requests each count their
+    own queries, in the header and in their scopes."""
+    dsn = postgres_dsn()
+    psycopg = driver("psycopg")
+
+    async def endpoint(request: Any) -> Any:
+        connection = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        try:
+            ran = 0
+            for item in range(int(request.query_params["n"])):
+                # A short sleep in the server: the other requests' queries run meanwhile.
+                await (await connection.execute("SELECT pg_sleep(0.005), %s", (item,))).fetchall()
+                ran += 1
+            return starlette_responses.JSONResponse({"ran": ran})
+        finally:
+            await connection.close()
+
+    app = ASGIMiddleware(
+        starlette_applications.Starlette(routes=[starlette_routing.Route("/work", endpoint)])
+    )
+
+    async def main() -> list[tuple[Any, int]]:
+        return await asyncio.gather(*(get(app, f"/work?n={n}") for n in (2, 5, 9)))
+
+    dbapi.instrument(psycopg, meter=counting_meter)
+    try:
+        results = asyncio.run(main())
+    finally:
+        dbapi.uninstrument(psycopg)
+    for (response, wall_ns), count in zip(results, (2, 5, 9), strict=True):
+        assert response.json() == {"ran": count}
+        assert_timing_fits(response.headers.get("server-timing"), count, wall_ns)
+    assert sorted(s.queries for s in ended_scopes) == [2, 5, 9]
 
 
 def test_bad_options_are_refused() -> None:
