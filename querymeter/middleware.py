@@ -314,29 +314,50 @@ class DjangoRouteMiddleware:
     """A Django middleware that tells :class:`WSGIMiddleware` and :class:`ASGIMiddleware`
     the route Django resolved (``request.resolver_match.route``, such as ``users/<int:id>``).
 
-    Add ``"querymeter.middleware.DjangoRouteMiddleware"`` to ``MIDDLEWARE``.
+    Add ``"querymeter.middleware.DjangoRouteMiddleware"`` to ``MIDDLEWARE``, anywhere
+    in the list.  It works in both of Django's modes: in an async stack it adds no
+    thread hop.
     """
 
     sync_capable = True
-    async_capable = False
+    async_capable = True
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
+        # asgiref comes with Django; Django reads the mark to call us as a coroutine.
+        from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+
         self.get_response = get_response
+        self._is_async = iscoroutinefunction(get_response)
+        if self._is_async:
+            markcoroutinefunction(self)
 
     def __call__(self, request: Any) -> Any:
-        return self.get_response(request)
-
-    def process_view(self, request: Any, view: object, args: object, kwargs: object) -> None:
-        """Called by Django once the URL is resolved, before the view: names the route."""
+        if self._is_async:
+            return self._async_call(request)
         try:
-            route = getattr(getattr(request, "resolver_match", None), "route", None)
-            if not isinstance(route, str) or not route:
-                return
-            # Under WSGI, request.META is the environ itself; under ASGI, request.scope
-            # is the scope the middleware was given.
-            request.META[ROUTE_KEY] = route
-            asgi_scope = getattr(request, "scope", None)
-            if isinstance(asgi_scope, MutableMapping):
-                asgi_scope[ROUTE_KEY] = route
-        except Exception as exc:  # noqa: BLE001 - ours: the view runs all the same
-            _faults.report("middleware: could not read Django's route", exc)
+            return self.get_response(request)
+        finally:
+            # Django has resolved the URL by now, and not yet started the response.
+            _name_django_route(request)
+
+    async def _async_call(self, request: Any) -> Any:
+        try:
+            return await self.get_response(request)
+        finally:
+            _name_django_route(request)
+
+
+def _name_django_route(request: Any) -> None:
+    """Put the route Django resolved for the request where the middleware reads it."""
+    try:
+        route = getattr(getattr(request, "resolver_match", None), "route", None)
+        if not isinstance(route, str) or not route:
+            return
+        # Under WSGI, request.META is the environ itself; under ASGI, request.scope
+        # is the scope the middleware was given.
+        request.META[ROUTE_KEY] = route
+        asgi_scope = getattr(request, "scope", None)
+        if isinstance(asgi_scope, MutableMapping):
+            asgi_scope[ROUTE_KEY] = route
+    except Exception as exc:  # noqa: BLE001 - ours: the response goes on
+        _faults.report("middleware: could not read Django's route", exc)

@@ -7,16 +7,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 import querymeter
 from querymeter.meter import Meter as MeterType
-from querymeter.middleware import ASGIMiddleware, WSGIMiddleware
+from querymeter.middleware import (
+    ROUTE_KEY,
+    ASGIMiddleware,
+    DjangoRouteMiddleware,
+    WSGIMiddleware,
+)
 
 from .conftest import FINGERPRINT, assert_timing_fits, server_timing
 
@@ -68,8 +75,13 @@ def fail(request: Any) -> Any:
     raise error
 
 
+async def in_loop(request: Any, name: str) -> Any:
+    return http.JsonResponse({"main_thread": threading.current_thread() is threading.main_thread()})
+
+
 urlpatterns = [
     urls.path("users/<int:user_id>", user),
+    urls.path("async/<slug:name>", in_loop),
     urls.path("stream", stream),
     urls.path("fail", fail),
 ]
@@ -171,6 +183,42 @@ def test_asgi_the_header_counts_the_queries_sqlite_ran(
         assert server_timing(response.headers.get("server-timing"))[1] == statements
         assert ended_scopes[-1].queries == statements
         assert dict(ended_scopes[-1].tags) == {"method": "GET", "route": "users/<int:user_id>"}
+
+
+def test_an_async_view_is_served_and_its_route_named(
+    django_ready: None, ended_scopes: list[querymeter.Scope]
+) -> None:
+    """Under ASGI, an async view runs on the event loop's thread and its route is named."""
+    from django.core.asgi import get_asgi_application
+
+    (response,) = asgi_get(ASGIMiddleware(get_asgi_application()), "/async/ann")
+    assert response.json() == {"main_thread": True}
+    assert dict(ended_scopes[0].tags) == {"method": "GET", "route": "async/<slug:name>"}
+
+
+def test_the_route_middleware_takes_the_mode_of_its_stack() -> None:
+    """Given an async get_response, DjangoRouteMiddleware is a coroutine function to Django (no
+    thread hop); given a sync one, a plain callable; both name the route of the request."""
+    from asgiref.sync import iscoroutinefunction
+
+    def request() -> Any:
+        match = SimpleNamespace(route="orders/<int:order_id>")
+        return SimpleNamespace(resolver_match=match, META={}, scope={})
+
+    async def async_response(request: Any) -> str:
+        return "async response"
+
+    async_middleware = DjangoRouteMiddleware(async_response)
+    assert iscoroutinefunction(async_middleware)
+    served = request()
+    assert asyncio.run(async_middleware(served)) == "async response"
+    assert served.META[ROUTE_KEY] == served.scope[ROUTE_KEY] == "orders/<int:order_id>"
+
+    sync_middleware = DjangoRouteMiddleware(lambda request: "sync response")
+    assert not iscoroutinefunction(sync_middleware)
+    served = request()
+    assert sync_middleware(served) == "sync response"
+    assert served.META[ROUTE_KEY] == "orders/<int:order_id>"
 
 
 def test_the_n_plus_one_pattern_is_logged_with_djangos_route(
