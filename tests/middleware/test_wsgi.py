@@ -306,6 +306,48 @@ def test_a_file_wrapper_reaches_the_server_as_it_is(ended_scopes: list[querymete
     assert [dict(s.tags) for s in ended_scopes] == [{"method": "GET", "route": "/file"}]
 
 
+def test_the_applications_own_server_timing_is_kept() -> None:
+    """An application's Server-Timing header stays, and ours is one more."""
+
+    def timed(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Server-Timing", "app;dur=1.5")])
+        return [b"x"]
+
+    response = client(timed).get("/")
+    (app_entry, db_entry) = response.headers.getlist("Server-Timing")
+    assert app_entry == "app;dur=1.5"
+    assert server_timing(db_entry)[1] == 0
+
+
+def test_one_request_logs_at_most_ten_statements_then_a_count(
+    counting_meter: MeterType, database: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Twelve repeated statements log the ten worst by name, the two others as a count."""
+    aliases = "abcdefghijkl"
+
+    def repeating(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        connection = sqlite3.connect(database)
+        try:
+            for rank, alias in enumerate(aliases):
+                for item in range(6 + rank):  # the later, the worse
+                    connection.execute(
+                        f"SELECT owner AS {alias} FROM qm_mw_items WHERE id = ?", (item,)
+                    )
+        finally:
+            connection.close()
+        start_response("200 OK", [])
+        return [b"done"]
+
+    with caplog.at_level(logging.WARNING, logger="querymeter.middleware"):
+        client(repeating, warn_n_plus_one=True, n_plus_one=5).get("/repeat")
+    messages = [r.getMessage() for r in caplog.records if r.name == "querymeter.middleware"]
+    assert len(messages) == 11
+    named = [f"{6 + rank} runs of select owner as {alias}" for rank, alias in enumerate(aliases)]
+    for message, expected in zip(messages[:10], named[::-1][:10], strict=True):
+        assert expected in message
+    assert "2 more statements ran more than n_plus_one=5 times" in messages[-1]
+
+
 def test_bad_options_are_refused() -> None:
     """A non-callable application and a bad n_plus_one raise, naming the problem."""
     app = flask.Flask(__name__)
