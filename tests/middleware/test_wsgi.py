@@ -3,7 +3,9 @@ exceptions, threads, faults and options."""
 
 from __future__ import annotations
 
+import http.client
 import io
+import json
 import logging
 import sqlite3
 import threading
@@ -11,7 +13,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 from wsgiref.util import FileWrapper
+from wsgiref.validate import validator
 
 import pytest
 
@@ -346,6 +350,37 @@ def test_one_request_logs_at_most_ten_statements_then_a_count(
     for message, expected in zip(messages[:10], named[::-1][:10], strict=True):
         assert expected in message
     assert "2 more statements ran more than n_plus_one=5 times" in messages[-1]
+
+
+def test_a_real_server_serves_through_the_middleware(
+    views: Views, ended_scopes: list[querymeter.Scope]
+) -> None:
+    """Under wsgiref's server, checked by its PEP 3333 validator, a request over HTTP gets the
+    header and a length, and the server's close() ends the request's scope."""
+
+    class QuietHandler(WSGIRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    app = validator(WSGIMiddleware(views.app.wsgi_app))
+    with make_server("127.0.0.1", 0, app, handler_class=QuietHandler) as server:
+        serving = threading.Thread(target=server.handle_request)
+        serving.start()
+        connection = http.client.HTTPConnection("127.0.0.1", server.server_port, timeout=10)
+        try:
+            started = time.monotonic_ns()
+            connection.request("GET", "/users/2?n=3")
+            response = connection.getresponse()
+            body = response.read()
+            wall_ns = time.monotonic_ns() - started
+        finally:
+            connection.close()
+        serving.join(timeout=10)
+    assert (response.status, json.loads(body)) == (200, {"ran": 3})
+    assert response.getheader("Content-Length") == str(len(body))
+    assert_timing_fits(response.getheader("Server-Timing"), 3, wall_ns)
+    (request,) = ended_scopes
+    assert (request.queries, request.tags["route"]) == (3, "/users/<int:user_id>")
 
 
 def test_bad_options_are_refused() -> None:
