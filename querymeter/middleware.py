@@ -22,11 +22,10 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
-from types import MappingProxyType
 from typing import Any
 
 from . import _faults
-from .scopes import Scope, scope
+from .scopes import Scope, current_scope, scope
 
 __all__ = ["ROUTE_KEY", "ASGIMiddleware", "DjangoRouteMiddleware", "WSGIMiddleware"]
 
@@ -70,7 +69,7 @@ class _Request:
         # The scope's tags are fixed when it opens, before the framework routes
         # the request; the route replaces the path from the moment it is known.
         if route is not None and self.scope.tags.get("route") != route:
-            self.scope.tags = MappingProxyType({**self.scope.tags, "route": route})
+            self.scope.retag(route=route)
 
     def server_timing(self) -> str:
         """The Server-Timing entry of the figures so far: DB time in ms, and the queries."""
@@ -345,6 +344,18 @@ class DjangoRouteMiddleware:
             return await self.get_response(request)
         finally:
             _name_django_route(request)
+
+    def process_view(self, request: Any, *args: Any) -> None:
+        """Django has resolved the URL and not yet called the view: the request's scope
+        gets its route now, so that the view's queries carry it (and a profiling
+        session focused on the route sees them)."""
+        route = getattr(getattr(request, "resolver_match", None), "route", None)
+        scope = current_scope()
+        if isinstance(route, str) and route and scope is not None:
+            try:
+                scope.retag(route=route)
+            except Exception as exc:  # noqa: BLE001 - ours: the view goes on
+                _faults.report("middleware: could not tag a scope with Django's route", exc)
 
 
 def _name_django_route(request: Any) -> None:

@@ -115,6 +115,18 @@ class Scope:
             except Exception as exc:  # noqa: BLE001 - a session's: never the application's
                 _faults.report("scope: a listener of scopes raised", exc)
 
+    def retag(self, **tags: Any) -> None:
+        """Add or change tags from now on (a request's route, once the framework has
+        routed it): in an open scope, the queries after it carry them and a profiling
+        session's focus is decided again; a closed scope is only renamed."""
+        self._own_tags.update(tags)
+        self.tags = MappingProxyType({**self.tags, **tags})
+        if not self._entered:
+            return
+        focus = _focus_of(self.tags)
+        for scope in self._cores:
+            scope._retag(focus, self.tags)
+
     def _figures(self) -> tuple[int, int, int, dict[tuple[Any, Any], int]]:
         queries = errors = db_ns = 0
         texts: dict[tuple[Any, Any], int] = {}

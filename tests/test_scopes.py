@@ -149,3 +149,23 @@ def test_an_exception_leaves_the_scope_closed(Meter: type[MeterType]) -> None:
 def no_scope_left_open() -> Iterator[None]:
     yield
     assert querymeter.current_scope() is None
+
+
+def test_retag_names_the_queries_after_it_and_decides_focus_again(Meter: type[MeterType]) -> None:
+    meter = Meter()
+    meter.enable_sampling(rate=1.0)
+    focus = {"route": "/users/<id>"}
+    with (
+        querymeter.profile(10, sample=1.0, focus=focus, meter=meter) as session,
+        querymeter.scope(route="/users/4") as scope,
+    ):
+        with meter.track("select 'before routing'"):
+            pass
+        scope.retag(route="/users/<id>")
+        with meter.track("select 'after routing'"):
+            pass
+    assert dict(scope.tags) == {"route": "/users/<id>"}
+    assert [dict(s.tags)["route"] for s in meter.samples()] == ["/users/4", "/users/<id>"]
+    assert [s.sql for s in session.report().samples] == ["select 'after routing'"]
+    scope.retag(status="200")  # closed: renamed only
+    assert dict(scope.tags) == {"route": "/users/<id>", "status": "200"}

@@ -411,6 +411,16 @@ class Scope:
     def __init__(self) -> None:
         raise TypeError("cannot create 'querymeter.core._py.Scope' instances")
 
+    def _retag(self, focus: frozenset[Any] | None, tags: Any) -> None:
+        """_retag(focus, tags) -> None
+
+        The scope's tags and focus from now on.
+        """
+        if focus is not None and type(focus) is not frozenset:
+            raise TypeError("focus must be a frozenset or None")
+        self.focus = focus
+        self.tags = tags
+
     def _tags(self) -> Any:
         """_tags() -> mapping
 

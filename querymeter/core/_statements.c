@@ -1124,7 +1124,27 @@ scope_tags(ScopeObject *sc, PyObject *Py_UNUSED(ignored))
     return Py_NewRef(sc->tags);
 }
 
+/* _retag(focus, tags): the scope's tags and focus from now on (its route,
+   learned once the framework has routed the request). */
+static PyObject *
+scope_retag(ScopeObject *sc, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_retag() takes focus and tags");
+        return NULL;
+    }
+    if (args[0] != Py_None && !PyFrozenSet_CheckExact(args[0])) {
+        PyErr_SetString(PyExc_TypeError, "focus must be a frozenset or None");
+        return NULL;
+    }
+    Py_XSETREF(sc->focus, args[0] == Py_None ? NULL : Py_NewRef(args[0]));
+    Py_XSETREF(sc->tags, Py_NewRef(args[1]));
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef scope_methods[] = {
+    {"_retag", (PyCFunction)(void (*)(void))scope_retag, METH_FASTCALL,
+     PyDoc_STR("_retag(focus, tags) -> None\n\nThe scope's tags and focus from now on.")},
     {"_tags", (PyCFunction)scope_tags, METH_NOARGS,
      PyDoc_STR("_tags() -> mapping\n\nThe scope's tags, merged with its parents'.")},
     {"_read", (PyCFunction)scope_read, METH_NOARGS,

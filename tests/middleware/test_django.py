@@ -274,3 +274,18 @@ def test_a_views_exception_passes_through_and_the_scope_closes(
     (request,) = ended_scopes
     assert request.elapsed_ns is not None
     assert (request.queries, dict(request.tags)) == (2, {"method": "GET", "route": "fail"})
+
+
+def test_a_session_focused_on_a_django_route_sees_the_views_queries(
+    wsgi: Callable[..., Any], counting_meter: MeterType
+) -> None:
+    """DjangoRouteMiddleware names the route before the view runs (process_view): a
+    profiling session focused on the route captures the view's queries."""
+    client = wsgi()
+    with querymeter.profile(
+        10, sample=1.0, focus={"route": "users/<int:user_id>"}, meter=counting_meter
+    ) as session:
+        client.get("/users/4?n=3", buffered=True)
+    report = session.report()
+    assert sum(s["calls"] for s in report.statements) == 3
+    assert {dict(s.tags)["route"] for s in report.samples} == {"users/<int:user_id>"}
