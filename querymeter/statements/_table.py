@@ -8,6 +8,7 @@ A text seen for the first time is fingerprinted here, in Python.
 
 from __future__ import annotations
 
+import heapq
 import secrets
 import time
 from typing import Any
@@ -16,7 +17,22 @@ from .. import core
 from ._fingerprint import fingerprint
 from ._readings import StatementsSnapshot, StatementStats, _stats
 
+# The special rows of a partial reading (top()): empty.
+_EMPTY = _stats(("", "", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b""))
+
 __all__ = ["MAX_SQL_CHARS", "StatementTable", "statement_text"]
+
+# Sort keys on the core's raw rows (see _readings._stats for their layout):
+# (fingerprint, sample, serial, calls, errors, total, total_sq, min, max,
+# rows, rows_calls, first_seen, last_seen, histogram_lo, histogram).
+_RAW_KEYS: dict[str, Any] = {
+    "total": lambda row: row[5],
+    "calls": lambda row: row[3],
+    "errors": lambda row: row[4],
+    "max": lambda row: row[8],
+    "mean": lambda row: row[5] / row[3] if row[3] else -1.0,
+    "rows": lambda row: row[9] if row[10] else -1,
+}
 
 #: The longest statement text kept as a sample (a statement's ``sample_sql``,
 #: a sample's ``sql``); longer ones are cut there.
@@ -93,8 +109,26 @@ class StatementTable:
 
     def top(self, n: int = 10, by: str = "total") -> list[StatementStats]:
         """The ``n`` statements with the largest ``by`` since the table started
-        (see :meth:`StatementsSnapshot.top`)."""
-        return self.snapshot().top(n, by)
+        (see :meth:`StatementsSnapshot.top`).
+
+        Reads the table at one instant, and makes readings of the ``n`` chosen
+        only (an exporter's scrape of a full table), except by "p99", which
+        needs every histogram.
+        """
+        key = _RAW_KEYS.get(by)
+        if key is None:
+            return self.snapshot().top(n, by)
+        rows = self._core._read()[3]
+        chosen = heapq.nsmallest(n, rows, key=lambda row: (-key(row), row[0]))
+        reading = StatementsSnapshot(
+            tuple(_stats(row) for row in chosen),
+            _EMPTY,
+            _EMPTY,
+            0,
+            self.table_id,
+            time.time_ns(),
+        )
+        return reading.top(n, by)
 
     def __len__(self) -> int:
         return self._core.size

@@ -487,3 +487,20 @@ def test_counts_past_32_bits_stay_exact(Meter: type[MeterType]) -> None:
     evicted = table.snapshot().evicted
     assert evicted.calls == row.calls and sum(memoryview(evicted.histogram).cast("Q")) == row.calls
     assert evicted.total_ns == row.total_ns
+
+
+@pytest.mark.parametrize("by", ["total", "calls", "mean", "max", "p99", "errors", "rows"])
+def test_the_tables_top_is_the_readings_top(
+    fake_meter: MeterType, clock: FakeClock, by: str
+) -> None:
+    """table.top() picks from the raw figures (a scrape of a full table builds n readings,
+    not all): the same statements, in the same order, ties included."""
+    table = fake_meter.enable_statements()
+    rng = random.Random(3)
+    for i in range(300):
+        for _ in range(rng.randint(1, 4)):
+            run(fake_meter, clock, f"select * from t{i % 120}", rng.choice([10, 20, 40]),
+                fail=rng.random() < 0.2)  # fmt: skip
+    fast = table.top(7, by)
+    assert [s.fingerprint for s in fast] == [s.fingerprint for s in table.snapshot().top(7, by)]
+    assert fast == table.snapshot().top(7, by)
