@@ -19,6 +19,7 @@ __all__ = [
     "already_counted_by_other",
     "connection_meter",
     "connection_namespace",
+    "connections_of",
     "counting_connections",
     "forget_connection",
     "set_connection_meter",
@@ -145,4 +146,11 @@ def counting_connections() -> list[Any]:
     """Every live connection that counts into a meter now."""
     with _connection_meters._lock:
         refs = [ref for ref, _ in _connection_meters._entries.values()]
+    return [connection for connection in (ref() for ref in refs) if connection is not None]
+
+
+def connections_of(meter: Meter) -> list[Any]:
+    """Every live connection that counts into ``meter`` now."""
+    with _connection_meters._lock:
+        refs = [ref for ref, owner in _connection_meters._entries.values() if owner is meter]
     return [connection for connection in (ref() for ref in refs) if connection is not None]
