@@ -542,7 +542,12 @@ class RowLockWait:
                 cursor.execute(f"UPDATE {TABLE} SET v = v + %s WHERE id = %s", (1, 1))
 
         self.update = run_in_thread(update)
-        wait_until(lambda: innodb_lock_waiting(params, self.thread_id))
+        try:
+            wait_until(lambda: innodb_lock_waiting(params, self.thread_id))
+        except BaseException:
+            # Never leave the row (and the table's metadata lock) held: teardown drops it.
+            self.release()
+            raise
 
     def release(self) -> None:
         self.holder.rollback()
