@@ -628,8 +628,6 @@ def backend_ids_for(meter: Meter, *, dialect: str | None = None) -> set[int]:
     connection ids (PyMySQL, mysqlclient); only one server's kind with
     ``dialect``.  Connections of other drivers, and closed ones, are left out.
     """
-    if not isinstance(meter, Meter):
-        raise TypeError(f"meter must be a querymeter Meter, not {type(meter).__name__}")
     if dialect is not None and dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
     family = None if dialect is None else ("postgresql" if dialect == "postgresql" else "mysql")

@@ -694,7 +694,9 @@ def test_backend_ids_for_are_the_servers_own_ids(
         my_ids = {_one(my1, "SELECT CONNECTION_ID()"), _one(my2, "SELECT CONNECTION_ID()")}
 
         async def with_asyncpg() -> tuple[int, set[int]]:
-            connection = dbapi.wrap_connection(await asyncpg.connect(dsn), meter=meter)
+            options = psycopg.conninfo.conninfo_to_dict(dsn)
+            options["database"] = options.pop("dbname", None)
+            connection = dbapi.wrap_connection(await asyncpg.connect(**options), meter=meter)
             try:
                 server_pid = await connection.fetchval("SELECT pg_backend_pid()")
                 return int(server_pid), backend_ids_for(meter, dialect="postgresql")
@@ -712,8 +714,10 @@ def test_backend_ids_for_are_the_servers_own_ids(
         my1.close()
         assert backend_ids_for(meter) == (pg_ids | my_ids) - {pg2_id, my1_id}
     finally:
-        for connection in (pg3, pg2, my1, my2, elsewhere, uncounted):
+        for connection in (pg3, pg2, my2, elsewhere, uncounted):
             connection.close()
+        if my1.open:
+            my1.close()
 
 
 def _one(connection: Any, sql: str) -> int:
