@@ -368,7 +368,7 @@ class Session:
             sampler = ServerWaitSampler(
                 _raw_connector(engine),
                 dialect=dialect,
-                backend_ids=lambda: backend_ids_for(self.meter) | self._engine_ids,
+                backend_ids=lambda: backend_ids_for(self.meter, dialect=dialect) | self._engine_ids,
             )
             sampler.start()
         except Exception as exc:  # noqa: BLE001 - opt-in figures: a note, never an error

@@ -50,6 +50,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import sys
 import threading
 import time
 import weakref
@@ -631,10 +632,13 @@ def backend_ids_for(meter: Meter, *, dialect: str | None = None) -> set[int]:
     if dialect is not None and dialect not in DIALECTS:
         raise ValueError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
     family = None if dialect is None else ("postgresql" if dialect == "postgresql" else "mysql")
-    from ..dbapi._connections import connections_of  # lazily: importing sessions loads no hook
-
+    # querymeter.dbapi never imported: no connection counts through it (and
+    # importing the sessions loads no hook).
+    connections = sys.modules.get("querymeter.dbapi._connections")
     ids: set[int] = set()
-    for connection in connections_of(meter):
+    if connections is None:
+        return ids
+    for connection in connections.connections_of(meter):
         entry = _BACKEND_IDS.get(type(connection).__module__.partition(".")[0])
         if entry is None or (family is not None and entry[0] != family):
             continue
