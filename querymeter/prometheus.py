@@ -14,7 +14,6 @@ Importing ``querymeter`` never imports prometheus_client; importing this module 
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +25,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from . import _faults
+from ._pools import MAX_POOLS, pool_limit, pool_snapshots
 from .meter import Meter, meter_argument
 from .readings import Snapshot
 from .statements import StatementStats
@@ -37,7 +37,6 @@ _NS_PER_S = 1e9
 #: A fingerprint is cut to this many characters in the ``fingerprint`` label.
 MAX_FINGERPRINT_CHARS = 200
 #: At most this many engines' pools are exported per meter (the rest are a fault).
-MAX_POOLS = 64
 
 
 class Collector:
@@ -167,12 +166,12 @@ def _add_meter(families: dict[str, Any], snapshot: Snapshot) -> None:
 
 
 def _add_pools(families: dict[str, Any], meter: Meter) -> None:
-    for name, pool in _pool_snapshots(meter, "prometheus"):
+    for name, pool in pool_snapshots(meter, "prometheus"):
         labels = [name]
         families["querymeter_pool_connections_in_use"].add_metric(labels, pool.in_use)
         if pool.idle is not None:
             families["querymeter_pool_connections_idle"].add_metric(labels, pool.idle)
-        limit = _pool_limit(pool)
+        limit = pool_limit(pool)
         if limit is not None:
             families["querymeter_pool_connections_max"].add_metric(labels, limit)
         families["querymeter_pool_pending_requests"].add_metric(labels, pool.waiting)
@@ -195,58 +194,3 @@ def _add_statements(families: dict[str, Any], meter: Meter, count: int) -> None:
         families["querymeter_statement_calls"].add_metric(labels, stats.calls)
         families["querymeter_statement_errors"].add_metric(labels, stats.errors)
         families["querymeter_statement_seconds"].add_metric(labels, stats.total_ns / _NS_PER_S)
-
-
-# The pools are read as querymeter.otel reads them (kept in step with it; each
-# exporter imports only its own library).
-
-
-def _pool_limit(pool: Any) -> int | None:
-    """Connections the pool may open at most, None without a limit (or without a queue)."""
-    if pool.size is None or pool.max_overflow is None or pool.max_overflow < 0:
-        return None
-    return int(pool.size + pool.max_overflow)
-
-
-def _pool_snapshots(meter: Meter, exporter: str) -> list[tuple[str, Any]]:
-    """(pool name, PoolSnapshot) of each engine instrumented with ``meter``, by name.
-
-    An engine whose pool cannot be read is a fault, and is left out.
-    """
-    # An engine can only be instrumented once querymeter.sqlalchemy is
-    # imported: no need to import it (and SQLAlchemy) here.
-    hooks = sys.modules.get("querymeter.sqlalchemy")
-    if hooks is None:
-        return []
-    readings: list[tuple[str, Any]] = []
-    try:
-        engines = hooks.instrumented_engines()
-    except Exception as exc:  # noqa: BLE001 - the meter's figures still go out
-        _faults.report(f"{exporter}: could not list the instrumented engines", exc)
-        return []
-    for engine in engines:
-        try:
-            if hooks.instrumented_meter(engine) is not meter:
-                continue
-            readings.append((_pool_name(engine), hooks.pool_snapshot(engine)))
-        except Exception as exc:  # noqa: BLE001 - the other engines still go out
-            _faults.report(f"{exporter}: could not read an engine's pool", exc)
-    if len(readings) > MAX_POOLS:
-        _faults.report(f"{exporter}: more than {MAX_POOLS} engines; the rest are not exported")
-    return _unique_names(readings)[:MAX_POOLS]
-
-
-def _pool_name(engine: Any) -> str:
-    """The engine's URL without its password and its query (which may hold secrets)."""
-    return str(engine.url.set(query={}).render_as_string(hide_password=True))
-
-
-def _unique_names(readings: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    """Sorted by name; engines of one URL told apart by their pool's id."""
-    seen: dict[str, int] = {}
-    for name, _ in readings:
-        seen[name] = seen.get(name, 0) + 1
-    named = [
-        (name if seen[name] == 1 else f"{name}#{pool.pool_id:x}", pool) for name, pool in readings
-    ]
-    return sorted(named, key=lambda item: item[0])

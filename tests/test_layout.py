@@ -36,6 +36,7 @@ PARTS = {
     "querymeter.sessions": "sessions",
     "querymeter.middleware": "middleware",
     "querymeter.prometheus": "export",
+    "querymeter._pools": "export",
     "querymeter.otel": "export",
     "querymeter.switch": "switch",
     "querymeter.cli": "cli",
