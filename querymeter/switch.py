@@ -29,6 +29,7 @@ _lock = threading.Lock()
 def disable() -> None:
     """Stop counting everywhere, at once; running profiling sessions end."""
     core.set_enabled(False)
+    _show_counting_methods(False)
     with _lock:
         stoppers = list(_on_disable)
     for stopper in stoppers:
@@ -41,6 +42,18 @@ def disable() -> None:
 def enable() -> None:
     """Count again; queries that begin from now on are counted."""
     core.set_enabled(True)
+    _show_counting_methods(True)
+
+
+def _show_counting_methods(enabled: bool) -> None:
+    # querymeter.dbapi's counted classes (sqlite3, psycopg2) drop their wrappers
+    # while disabled; never imported, it has none.
+    classes = sys.modules.get("querymeter.dbapi._classes")
+    if classes is not None:
+        try:
+            classes.set_counting(enabled)
+        except Exception as exc:  # noqa: BLE001 - ours: the core's switch holds anyway
+            _faults.report("the kill switch: could not switch the counted classes", exc)
 
 
 def is_enabled() -> bool:

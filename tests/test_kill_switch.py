@@ -112,3 +112,23 @@ def test_uninstrument_all_takes_every_hook_out(Meter: type[MeterType]) -> None:
     sqlite3.connect(":memory:").execute("select 1")
     counting.execute("select 1")
     assert meter.snapshot().queries == counted
+
+
+def test_disabled_counted_classes_show_the_drivers_own_methods(Meter: type[MeterType]) -> None:
+    """sqlite3's counted cursor class drops its wrappers while disabled (a call is the
+    driver's own, nothing in between) and gets them back at enable()."""
+    meter = Meter()
+    dbapi.instrument(sqlite3, meter=meter)
+    connection = sqlite3.connect(":memory:")
+    cursor = connection.cursor()
+    counted = type(cursor)
+    assert counted is not sqlite3.Cursor and counted.execute is not sqlite3.Cursor.execute
+    querymeter.disable()
+    assert counted.execute is sqlite3.Cursor.execute
+    made_while_off = connection.cursor()
+    made_while_off.execute("select 1")
+    querymeter.enable()
+    assert counted.execute is not sqlite3.Cursor.execute
+    made_while_off.execute("select 1")
+    cursor.execute("select 1")
+    assert meter.snapshot().queries == 2

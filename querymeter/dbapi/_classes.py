@@ -15,6 +15,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import core
 from .._faults import report as report_fault
 from ..meter import Meter
 
@@ -27,6 +28,7 @@ __all__ = [
     "lock_owners",
     "original_class",
     "quiet_subclass",
+    "set_counting",
     "timed",
     "timed_statement",
 ]
@@ -35,6 +37,35 @@ CountedMethod = Callable[[Meter, type, str], Any]
 
 METER_ATTRIBUTE = "__querymeter_meter__"
 BASE_ATTRIBUTE = "__querymeter_base__"
+# A counted class's counting methods by name, kept while the kill switch hides them.
+COUNTED_ATTRIBUTE = "__querymeter_counted__"
+# Whether counted classes show their counting methods (the kill switch; off
+# from the start with QUERYMETER_DISABLE=1).
+_counting = [core.enabled()]
+
+
+def set_counting(enabled: bool) -> None:
+    """The kill switch's part here: while off, every counted class shows its base's own
+    methods (a call costs what the driver's does, with no wrapper in between); on
+    again, its counting methods.  A method bound while off stays the driver's."""
+    with _classes_lock:
+        _counting[0] = enabled
+        classes = list(_classes.values())
+    for cls in classes:
+        _show_counted_methods(cls, enabled)
+
+
+def _show_counted_methods(cls: type, enabled: bool) -> None:
+    for name, method in cls.__dict__.get(COUNTED_ATTRIBUTE, {}).items():
+        try:
+            if enabled:
+                type.__setattr__(cls, name, method)
+            elif name in cls.__dict__:
+                type.__delattr__(cls, name)
+        except Exception as exc:  # noqa: BLE001 - ours: that class keeps counting
+            report_fault(f"{cls.__qualname__}: could not switch its counting methods", exc)
+
+
 # ------------------------------------------------------------ counted classes
 
 # Values are weak: a counted class holds its meter, and both go when no
@@ -100,10 +131,16 @@ def counted_class(base: type, meter: Meter, methods: Mapping[str, CountedMethod]
                     METER_ATTRIBUTE: meter,
                     BASE_ATTRIBUTE: original,
                 }
-                for name, make in methods.items():
-                    if hasattr(original, name):
-                        namespace[name] = make(meter, original, name)
+                counted = {
+                    name: make(meter, original, name)
+                    for name, make in methods.items()
+                    if hasattr(original, name)
+                }
+                namespace[COUNTED_ATTRIBUTE] = counted
+                namespace.update(counted)
                 cls = quiet_subclass(original.__name__, (original,), namespace)
+                if not _counting[0]:
+                    _show_counted_methods(cls, False)
                 _classes[key] = cls
     except Exception as exc:  # noqa: BLE001 - ours, or a class we must not touch
         _uncountable.add(original)
