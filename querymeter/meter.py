@@ -19,7 +19,7 @@ from .statements import QuerySample, SampleLog, StatementTable
 if TYPE_CHECKING:
     from .core import Token
 
-__all__ = ["Meter", "default_meter", "meter_argument", "meter_class", "snapshot"]
+__all__ = ["Meter", "core_module", "default_meter", "meter_argument", "meter_class", "snapshot"]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -69,7 +69,7 @@ class _Observing:
 _observing_lock = threading.Lock()
 
 
-def _core_module(meter: Any) -> Any:
+def core_module(meter: Any) -> Any:
     """The core module (C or Python) a meter counts with: its tables must be of the same."""
     for cls in type(meter).__mro__:
         if cls.__name__ == "MeterCore":
@@ -120,7 +120,7 @@ class _MeterAPI:
         the same ``max_statements`` returns the table in use; with another,
         raises ValueError (disable it first).
         """
-        table = StatementTable(max_statements, core_type=_core_module(self).Statements)
+        table = StatementTable(max_statements, core_type=core_module(self).Statements)
         observing = _observing(self)
         with observing.lock:
             current = observing.statements
@@ -161,7 +161,7 @@ class _MeterAPI:
         Parameters are not captured unless ``params`` is True (then as types and
         lengths only) or "raw".  Enabling sampling again replaces the running one.
         """
-        log = SampleLog(rate, slower_than, capacity, params, core_type=_core_module(self).Sampling)
+        log = SampleLog(rate, slower_than, capacity, params, core_type=core_module(self).Sampling)
         observing = _observing(self)
         with observing.lock:
             observing.sampling = observing.last_sampling = log
@@ -223,7 +223,7 @@ class _MeterAPI:
         if old is None:
             return
         observing = _Observing()
-        module = _core_module(self)
+        module = core_module(self)
         if old.statements is not None:
             observing.statements = StatementTable(
                 old.statements.max_statements, core_type=module.Statements

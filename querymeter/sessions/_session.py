@@ -26,13 +26,13 @@ from types import TracebackType
 from typing import Any
 
 from .. import _faults, scopes, switch
-from ..meter import Meter, meter_argument
+from ..meter import Meter, core_module, meter_argument
 from ..readings import Interval, Snapshot
 from ..statements import SampleLog, StatementTable
 from ._explain import explain_statements
 from ._overhead import settings_overhead
 from ._report import FORMAT, Report, sample_dicts
-from ._waits import ServerWaitSampler, backend_ids_for
+from ._waits import ServerWaitSampler, backend_id, backend_ids_for
 
 __all__ = ["Session", "profile"]
 
@@ -176,14 +176,14 @@ class Session:
         return self
 
     def _begin(self) -> None:
-        core_module = _core_module(self.meter)
-        self._table = StatementTable(core_type=core_module.Statements)
+        cores = core_module(self.meter)
+        self._table = StatementTable(core_type=cores.Statements)
         self._log = _SessionLog(
             self.sample,
             self.slower_than,
             self.max_samples,
             full=self._samples_full,
-            core_type=core_module.Sampling,
+            core_type=cores.Sampling,
         )
         self._key = object() if self._predicate is not None else None
         if self._predicate is not None:
@@ -320,7 +320,7 @@ class Session:
                 "max_samples": self.max_samples,
                 "explain": self.explain,
                 "waits": self.waits,
-                "core": _core_module(self.meter).__name__.rsplit(".", 1)[-1],
+                "core": core_module(self.meter).__name__.rsplit(".", 1)[-1],
             },
             "started_wall_ns": self._started_wall_ns,
             "ended_wall_ns": ended_wall_ns,
@@ -510,22 +510,8 @@ def _describe(focus: object) -> str | dict[str, Any] | None:
 
 
 def _fingerprint_dialect(engine: Any) -> str | None:
-    name = getattr(engine.dialect, "name", None)
-    return name if name in ("postgresql", "mysql", "mariadb", "sqlite") else None
-
-
-def _backend_id(connection: Any) -> int | None:
-    """The server's id of a DB-API connection: PostgreSQL's backend pid, MySQL's thread id."""
-    info = getattr(connection, "info", None)
-    pid = getattr(info, "backend_pid", None)  # psycopg
-    if isinstance(pid, int):
-        return pid
-    for method in ("get_backend_pid", "thread_id"):  # psycopg2; PyMySQL, mysqlclient
-        function = getattr(connection, method, None)
-        if callable(function):
-            value = function()
-            return value if isinstance(value, int) else None
-    return None
+    # An engine is instrumented only once querymeter.sqlalchemy is loaded.
+    return sys.modules["querymeter.sqlalchemy._engine"].fingerprint_dialect(engine.dialect)  # type: ignore[no-any-return]
 
 
 def _listen_checkouts(engines: list[Any], ids: set[int]) -> list[tuple[Any, Any]]:
@@ -535,11 +521,7 @@ def _listen_checkouts(engines: list[Any], ids: set[int]) -> list[tuple[Any, Any]
         return []
 
     def checked_out(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-        try:
-            found = _backend_id(dbapi_connection)
-        except Exception as exc:  # noqa: BLE001 - a figure of ours: never the checkout's
-            _faults.report("profile: could not read a connection's server id", exc)
-            return
+        found = backend_id(dbapi_connection)
         if found is not None:
             ids.add(found)
 
@@ -573,13 +555,6 @@ def _raw_connector(engine: Any) -> Callable[[], Any]:
         return connection
 
     return connect
-
-
-def _core_module(meter: Meter) -> Any:
-    for cls in type(meter).__mro__:
-        if cls.__name__ == "MeterCore":
-            return sys.modules[cls.__module__]
-    raise TypeError("not a querymeter meter")
 
 
 def _figures(interval: Interval) -> dict[str, Any]:

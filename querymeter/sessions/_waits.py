@@ -67,6 +67,7 @@ __all__ = [
     "WAIT_CLASSES",
     "ServerWaitSampler",
     "WaitProfile",
+    "backend_id",
     "backend_ids_for",
     "mysql_wait_class",
     "postgresql_wait_class",
@@ -639,16 +640,22 @@ def backend_ids_for(meter: Meter, *, dialect: str | None = None) -> set[int]:
     if connections is None:
         return ids
     for connection in connections.connections_of(meter):
-        entry = _BACKEND_IDS.get(type(connection).__module__.partition(".")[0])
-        if entry is None or (family is not None and entry[0] != family):
-            continue
-        try:
-            found = entry[1](connection)
-        except Exception:  # noqa: BLE001 - a connection closing meanwhile has no id
-            continue
+        found = backend_id(connection, family)
         if found:
             ids.add(found)
     return ids
+
+
+def backend_id(connection: Any, family: str | None = None) -> int | None:
+    """A DB-API connection's id on its server (PostgreSQL's backend pid, MariaDB/MySQL's
+    connection id), None for a closed one, another driver's, or another ``family``'s."""
+    entry = _BACKEND_IDS.get(type(connection).__module__.partition(".")[0])
+    if entry is None or (family is not None and entry[0] != family):
+        return None
+    try:
+        return entry[1](connection)
+    except Exception:  # noqa: BLE001 - a connection closing meanwhile has no id
+        return None
 
 
 # Every live sampler, so that a forked child can stop them.
