@@ -39,6 +39,14 @@ PARTS = {
     "querymeter._pools": "export",
     "querymeter.otel": "export",
     "querymeter.switch": "switch",
+    "querymeter.markers": "markers",
+    "querymeter.recorder": "recorder",
+    "querymeter.health": "health",
+    "querymeter.shared": "shared",
+    "querymeter.scaling": "scaling",
+    "querymeter.pytest_plugin": "testing",
+    "querymeter.benchmark": "testing",
+    "querymeter.autoinstrument": "autoinstrument",
     "querymeter.cli": "cli",
     "querymeter.__main__": "cli",
     "querymeter": "package",
@@ -70,10 +78,58 @@ MAY_IMPORT = {
         "switch",
         "hooks",
         "report",
+        "markers",
     },
     "middleware": {"faults", "scopes"},
     # Exporters read snapshots; the engines they find in sys.modules, never by import.
     "export": {"faults", "meter", "readings", "statements"},
+    # Change markers: a bounded log that timelines and reports show; needs nothing.
+    "markers": set(),
+    # The flight recorder reads snapshots and statement readings into rings, and
+    # turns them into baselines, anomalies, trends, forecasts and alerts.
+    "recorder": {"faults", "core", "meter", "readings", "statements", "laws", "markers", "report"},
+    # Health triage: the meter now, against the recorder's baseline, and the pool.
+    "health": {
+        "faults",
+        "core",
+        "meter",
+        "readings",
+        "statements",
+        "scopes",
+        "laws",
+        "markers",
+        "recorder",
+        "export",
+    },
+    # Many processes: the counters (and statements) in one shared file.
+    "shared": {"faults", "core", "meter", "readings", "statements", "laws", "report"},
+    # Scalability runs: a workload at each concurrency level, fitted to the USL.
+    "scaling": {"faults", "core", "meter", "readings", "laws"},
+    # The pytest plugin and the benchmark helpers.
+    "testing": {
+        "faults",
+        "core",
+        "meter",
+        "readings",
+        "statements",
+        "scopes",
+        "switch",
+        "hooks",
+        "report",
+        "laws",
+    },
+    # Zero-code instrumentation: post-import hooks install the driver hooks.
+    "autoinstrument": {
+        "faults",
+        "core",
+        "meter",
+        "readings",
+        "statements",
+        "hooks",
+        "report",
+        "laws",
+        "sessions",
+    },
     "report content": {"readings", "laws"},
     "report": {"readings", "laws", "report content"},
     "demo targets": set(),
@@ -87,6 +143,7 @@ MAY_IMPORT = {
         "laws",
         "demo targets",
         "statements",
+        "scaling",
     },
     "cli": {
         "package",
@@ -99,6 +156,11 @@ MAY_IMPORT = {
         "report",
         "demo",
         "statements",
+        "shared",
+        "health",
+        "autoinstrument",
+        "recorder",
+        "markers",
     },
     "package": {
         "laws",
@@ -110,6 +172,12 @@ MAY_IMPORT = {
         "scopes",
         "switch",
         "sessions",
+        "markers",
+        "recorder",
+        "health",
+        "shared",
+        "scaling",
+        "autoinstrument",
     },
 }
 
