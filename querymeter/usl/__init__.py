@@ -28,6 +28,8 @@ Public API:
   quadratic transform of the data (used as a starting point of the fit).
 * :func:`t_quantile` -- quantile of Student's t distribution (used for the
   confidence intervals).
+* :func:`read_fit` -- whether a model describes the points it was fitted
+  to, and what it means, in plain sentences (a :class:`FitReading`).
 
 The numerics live in private modules: :mod:`querymeter.usl._lsq` (the
 bounded Levenberg-Marquardt solver) and :mod:`querymeter.usl._tdist`
@@ -46,9 +48,10 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ._lsq import _clip, _inverse_diag_spd, _levenberg_marquardt, _linearized, _Problem, _Result
+from ._reading import FitReading, read_fit
 from ._tdist import t_quantile
 
-__all__ = ["Model", "fit", "linearized_estimate", "t_quantile"]
+__all__ = ["FitReading", "Model", "fit", "linearized_estimate", "read_fit", "t_quantile"]
 
 LimitingFactor = Literal["contention", "coherency", "none"]
 
