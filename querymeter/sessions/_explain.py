@@ -23,7 +23,6 @@ the Plan's ``note``; nothing is raised but for bad arguments.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import re
@@ -32,6 +31,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from .._borrow import borrow_from_engine, first_line, quietly, uncounted
 
 __all__ = ["Plan", "explain_statements"]
 
@@ -147,7 +148,7 @@ def explain_statements(
             if not isinstance(verdict, _Statement):
                 outcomes.append((None, verdict))
             elif explainer is None:
-                outcomes.append((None, borrowed))
+                outcomes.append((None, f"{borrowed}: not explained"))
             else:
                 outcomes.append(explainer.explain(verdict))
     return [
@@ -202,7 +203,7 @@ def _source(source: Any, dialect: str | None) -> tuple[str | None, Callable[[], 
         family = name if name in DIALECTS else None
         if dialect is not None and family is not None and _family(dialect) != family:
             raise ValueError(f"dialect {dialect!r} contradicts the engine's {name!r}")
-        return family, lambda: _from_engine(engine)
+        return family, lambda: borrow_from_engine(engine)
     if _is_connection(source):
         family = dialect or _driver_dialect(source)
         if family is None:
@@ -246,102 +247,23 @@ def _is_connection(source: Any) -> bool:
 
 
 @contextmanager
-def _from_engine(engine: Any) -> Iterator[Any]:
-    """A DB-API connection of the engine's pool, checked out only if one is free now.
-
-    The connection comes from the pool, not from a new connect: the pool's
-    limits hold (the explain never opens a connection the pool would not),
-    its figures stay true (a checkout is a checkout), and the connection is
-    set up as the application's are (connect listeners, search_path).  The
-    statements go to the driver's connection, below the dialect's counted
-    methods.  With ``pool_pre_ping`` the checkout's ping is the pool's own
-    work, counted as every checkout's ping is.
-    """
-    refusal = _pool_refusal(engine.pool)
-    if refusal is not None:
-        yield refusal
-        return
-    try:
-        fairy = engine.raw_connection()
-    except Exception as exc:  # noqa: BLE001 - the server's or the pool's: a note
-        yield f"could not borrow a connection from the engine: {_first_line(exc)}"
-        return
-    try:
-        with _uncounted(fairy.driver_connection) as connection:
-            yield connection
-    finally:
-        # Back to the pool, which resets it (a rollback) as it does every connection.
-        _quietly(fairy.close)
-
-
-def _pool_refusal(pool: Any) -> str | None:
-    """Why no connection of this pool can be borrowed without waiting, or None."""
-    from sqlalchemy import pool as sa_pool
-
-    if isinstance(pool, sa_pool.QueuePool):
-        # Read without the pool's lock, as QueuePool.status() reads them: a
-        # checkout racing ours for the last free connection can still make
-        # ours wait, at most the pool's own timeout.
-        max_overflow = int(getattr(pool, "_max_overflow", 0))
-        if pool.checkedin() > 0 or max_overflow < 0 or pool.overflow() < max_overflow:
-            return None
-        return (
-            f"no connection free in the engine's pool (size {pool.size()}, "
-            f"{pool.checkedout()} checked out, no overflow left): not explained"
-        )
-    if isinstance(pool, sa_pool.NullPool):
-        return None  # a new connection per checkout, nothing to wait for
-    if isinstance(pool, sa_pool.SingletonThreadPool):
-        # One connection per thread: this thread's may be in the application's hands.
-        current = getattr(getattr(pool, "_fairy", None), "current", None)
-        if current is None or current() is None:
-            return None
-        return "this thread's connection of the engine's pool is in use: not explained"
-    return (
-        f"the engine's {type(pool).__name__} may share its connection with the "
-        "application: not explained"
-    )
-
-
-@contextmanager
 def _from_factory(factory: Callable[[], Any]) -> Iterator[Any]:
     try:
         connection = factory()
     except Exception as exc:  # noqa: BLE001 - the factory's failure: a note
-        yield f"could not open a connection: {_first_line(exc)}"
+        yield f"could not open a connection: {first_line(exc)}"
         return
     try:
-        with _uncounted(connection) as uncounted:
-            yield uncounted
+        with uncounted(connection) as borrowed:
+            yield borrowed
     finally:
-        _quietly(connection.close)
+        quietly(connection.close)
 
 
 @contextmanager
 def _given(connection: Any) -> Iterator[Any]:
-    with _uncounted(connection) as uncounted:
-        yield uncounted
-
-
-@contextmanager
-def _uncounted(connection: Any) -> Iterator[Any]:
-    """The connection with no meter in the DB-API side table while in use, restored after.
-
-    A counted DB-API connection finds its meter in querymeter.dbapi's side
-    table at each cursor; taking the entry out for the time of the explain
-    makes the cursors opened meanwhile plain driver cursors.  The connection
-    is ours alone meanwhile (borrowed, opened, or handed over by the caller),
-    so no statement of the application's goes uncounted.
-    """
-    connections = sys.modules.get("querymeter.dbapi._connections")
-    meter = None if connections is None else connections.connection_meter(connection)
-    if meter is not None:
-        connections.forget_connection(connection)  # type: ignore[union-attr]
-    try:
-        yield connection
-    finally:
-        if meter is not None:
-            connections.set_connection_meter(connection, meter)  # type: ignore[union-attr]
+    with uncounted(connection) as borrowed:
+        yield borrowed
 
 
 # ------------------------------------------------------------- reading the text
@@ -550,10 +472,10 @@ class _Explainer:
                         "mariadb" if "mariadb" in cursor.fetchone()[0].lower() else "mysql"
                     )
             finally:
-                _quietly(cursor.close)
+                quietly(cursor.close)
             _end_transaction(self.connection, self.dialect)
         except Exception as exc:  # noqa: BLE001 - the server's: a note for every plan
-            self.problem = f"could not use the connection: {_first_line(exc)}"
+            self.problem = f"could not use the connection: {first_line(exc)}"
 
     def explain(self, statement: _Statement) -> tuple[str | None, str | None]:
         """(the plan, None), or (None, why not)."""
@@ -568,7 +490,7 @@ class _Explainer:
         except _Refused as refusal:
             return None, str(refusal)
         except Exception as exc:  # noqa: BLE001 - the server's refusal: a note
-            return None, f"EXPLAIN failed: {_first_line(exc)}"
+            return None, f"EXPLAIN failed: {first_line(exc)}"
 
     # PostgreSQL ------------------------------------------------------------
 
@@ -600,7 +522,7 @@ class _Explainer:
                 cursor.execute(f"EXPLAIN EXECUTE {prepared}({nulls})")
             return "\n".join(str(row[0]) for row in cursor.fetchall())
         finally:
-            _quietly(cursor.close)
+            quietly(cursor.close)
             _end_transaction(connection, "postgresql")
             if prepared is not None:
                 # A prepared statement outlives the transaction that made it.
@@ -612,10 +534,10 @@ class _Explainer:
             try:
                 cursor.execute(sql)
             finally:
-                _quietly(cursor.close)
+                quietly(cursor.close)
                 _end_transaction(self.connection, self.dialect)
 
-        _quietly(run)
+        quietly(run)
 
     # MariaDB / MySQL -------------------------------------------------------
 
@@ -636,7 +558,7 @@ class _Explainer:
             names = [column[0] for column in cursor.description]
             return _table(names, cursor.fetchall())
         finally:
-            _quietly(cursor.close)
+            quietly(cursor.close)
             _end_transaction(self.connection, self.dialect)
 
     # SQLite ----------------------------------------------------------------
@@ -662,7 +584,7 @@ class _Explainer:
                 cursor.execute(f"PRAGMA query_only = {query_only}")
                 cursor.execute(f"PRAGMA busy_timeout = {busy_timeout}")
         finally:
-            _quietly(cursor.close)
+            quietly(cursor.close)
         return _sqlite_tree(rows)
 
 
@@ -691,9 +613,9 @@ def _end_transaction(connection: Any, dialect: str) -> None:
             finally:
                 cursor.close()
 
-        _quietly(rollback)
+        quietly(rollback)
         return
-    _quietly(connection.rollback)
+    quietly(connection.rollback)
 
 
 def _sqlite_tree(rows: Sequence[Sequence[Any]]) -> str:
@@ -717,15 +639,3 @@ def _table(names: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in cells
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-
-
-def _quietly(action: Callable[[], Any]) -> None:
-    """Run a clean-up step whose failure must not hide the outcome."""
-    # A clean-up of ours failing (a closed connection): the plan or note stands.
-    with contextlib.suppress(Exception):
-        action()
