@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from ._faults import counts as faults
 from .core import IMPLEMENTATION
+from .markers import Marker, mark
 from .meter import Meter, default_meter, snapshot
 from .readings import Interval, Snapshot
+from .recorder import FlightRecorder
 from .scopes import Scope, current_scope, scope
 from .sessions import Report, Session, overhead, profile
 from .statements import (
@@ -30,7 +32,9 @@ from .trends import Trend, trend
 
 __all__ = [
     "IMPLEMENTATION",
+    "FlightRecorder",
     "Interval",
+    "Marker",
     "Meter",
     "QuerySample",
     "Report",
@@ -49,6 +53,7 @@ __all__ = [
     "faults",
     "fingerprint",
     "is_enabled",
+    "mark",
     "overhead",
     "profile",
     "scope",

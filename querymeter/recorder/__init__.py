@@ -1,0 +1,26 @@
+"""The flight recorder: the last minutes at full detail and the last day by minute, in memory.
+
+``querymeter.FlightRecorder(meter).start()`` reads the meter (and its
+statement table) on a daemon thread into fixed-size rings, one per
+resolution; ``timeline()``, ``statement_timeline()``, ``markers()`` and
+``dump()`` read them back.  See docs/incident-response.md.
+"""
+
+from ._dump import RecorderDump, load_dump
+from ._recorder import (
+    DEFAULT_RESOLUTIONS,
+    DEFAULT_STATEMENTS_PER_STEP,
+    FlightRecorder,
+    StepStatements,
+    running_recorder,
+)
+
+__all__ = [
+    "DEFAULT_RESOLUTIONS",
+    "DEFAULT_STATEMENTS_PER_STEP",
+    "FlightRecorder",
+    "RecorderDump",
+    "StepStatements",
+    "load_dump",
+    "running_recorder",
+]
