@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import array
 import contextvars
+import fcntl
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +43,61 @@ USAGE_DECAY = 0.99
 EVICT_PERCENT = 5
 _U64 = 2**64
 _MASK = _U64 - 1
+
+# The shared table (a SharedMeter's): the layout of its file, as _statements.c
+# lays it out: header (4096 bytes) | keys[N] | undo area | records[N + 2],
+# records[N] being `evicted` and records[N + 1] `untexted`.  All fields are
+# native 8-byte words but four pairs of 4-byte ones, so the file is read as
+# words here.
+SHARED_MAGIC = b"QMSTMTS1"
+SHARED_VERSION = 1
+SHARED_HEADER = 4096
+FINGERPRINT_BYTES = 1024
+SAMPLE_BYTES = 1024
+LOCK_ATOMIC = 1  # the C core's lock word
+LOCK_FCNTL = 2  # this core's: an fcntl lock on the lock word's bytes
+# header: magic, version, lock_kind, max_statements, record_size, lock,
+# table_id, started_wall_ns, dropped, next_serial, live, undo_kind,
+# undo_index, undo_dropped, undo_next_serial, undo_live, reserved
+HEADER_FORMAT = struct.Struct("=8sIIQQQQqQQQQQQQQQ")
+_H_LOCK, _H_DROPPED, _H_NEXT_SERIAL, _H_LIVE = 4, 7, 8, 9  # word indexes
+_H_UNDO_KIND, _H_UNDO_INDEX, _H_UNDO_DROPPED, _H_UNDO_NEXT, _H_UNDO_LIVE = 10, 11, 12, 13, 14
+# A record: serial, key, usage (double), calls, errors, total (lo, hi),
+# total_sq (lo, hi), min, max, rows, rows_calls, first_seen, last_seen (signed),
+# lo, span (int32), fingerprint_len, sample_len (uint32); the texts; the counts.
+_R_SERIAL, _R_KEY, _R_USAGE, _R_CALLS, _R_ERRORS = 0, 1, 2, 3, 4
+_R_TOTAL, _R_SQ, _R_MIN, _R_MAX, _R_ROWS, _R_ROWS_CALLS = 5, 7, 9, 10, 11, 12
+_R_FIRST, _R_LAST, _R_WINDOW, _R_LENGTHS = 13, 14, 15, 16
+HEAD_WORDS = 17
+_R_TEXT = HEAD_WORDS * 8
+_R_COUNTS = (_R_TEXT + FINGERPRINT_BYTES + SAMPLE_BYTES) // 8
+RECORD_SIZE = _R_COUNTS * 8 + MAX_BUCKETS * 8
+_UNDO_NONE, _UNDO_RECORD, _UNDO_INSERT, _UNDO_EVICT = 0, 1, 2, 3
+
+
+def _align(value: int, to: int) -> int:
+    return (value + to - 1) // to * to
+
+
+def shared_layout(max_statements: int) -> dict[str, int]:
+    """Where a shared table's parts are in its file, bytes (as the C core computes them)."""
+    n = max_statements
+    keys = SHARED_HEADER
+    undo = _align(keys + 8 * n, 64)
+    undo_usage = undo + RECORD_SIZE
+    undo_serial = undo_usage + 8 * n
+    undo_key = undo_serial + 8 * n
+    records = _align(undo_key + 8 * n, 4096)
+    return {
+        "keys": keys,
+        "undo": undo,
+        "undo_usage": undo_usage,
+        "undo_serial": undo_serial,
+        "undo_key": undo_key,
+        "records": records,
+        "size": records + (n + 2) * RECORD_SIZE,
+    }
+
 
 # (dialect, sql, params, rows_from): what a shape knows of its query's statement.
 StatementRef = tuple[Any, Any, Any, Any]
@@ -197,14 +254,17 @@ class Statements:
         "_max_statements",
         "_miss",
         "_next_serial",
+        "_shared",
         "_untexted",
     )
 
     def __init__(
         self,
-        miss: Callable[[Any, str | None], tuple[str, str]],
+        miss: Callable[[Any, str | None], tuple[Any, ...]],
         max_statements: int,
         cache_limit: int,
+        region: Any = None,
+        lock_fd: int = -1,
     ) -> None:
         if not callable(miss):
             raise TypeError("miss must be callable")
@@ -222,10 +282,13 @@ class Statements:
         self._dropped = 0
         self._next_serial = 1
         self._lock = threading.Lock()
+        self._shared = None if region is None else _Shared(region, lock_fd, max_statements)
 
     @property
     def size(self) -> int:
         """How many statements the table holds."""
+        if self._shared is not None:
+            return self._shared.q[_H_LIVE]
         return len(self._entries)
 
     def _record(
@@ -262,6 +325,9 @@ class Statements:
         times: int = 1,
     ) -> None:
         """One query; a failure of ours is a fault and the query goes to ``untexted``."""
+        if self._shared is not None:
+            self._shared_record_at(dialect, sql, elapsed, error, rows, wall, times)
+            return
         if sql is None:
             with self._lock:
                 self._untexted.add(elapsed, error, rows, wall, times)
@@ -312,6 +378,70 @@ class Statements:
                     cache.pop(key, None)
             cache[sql] = entry
 
+    def _shared_record_at(
+        self, dialect: Any, sql: Any, elapsed: int, error: bool, rows: int, wall: int, times: int
+    ) -> None:
+        """One query into the shared table: by the cached record's index and serial, else by key."""
+        shared = self._shared
+        assert shared is not None
+        untexted = shared.n + 1
+        if sql is None:
+            with self._lock, shared.locked():
+                shared.update(untexted, elapsed, error, rows, wall, times)
+            return
+        cache = None
+        if type(sql) is str or type(sql) is bytes:
+            cache = self._caches.get(dialect)
+            if cache is None:
+                cache = self._caches.setdefault(dialect, {})
+            hit = cache.get(sql)
+            if hit is not None:
+                index, serial = hit
+                with self._lock, shared.locked():
+                    if shared.q[shared.word(index) + _R_SERIAL] == serial:
+                        shared.update(index, elapsed, error, rows, wall, times)
+                        return
+                cache.pop(sql, None)  # evicted, by any process, since it was cached
+        try:
+            found = self._miss(sql, dialect)
+            if (
+                type(found) is not tuple
+                or len(found) != 5
+                or type(found[0]) is not str
+                or type(found[1]) is not str
+                or type(found[2]) is not int
+                or not 0 < found[2] < _U64
+                or type(found[3]) is not bytes
+                or type(found[4]) is not bytes
+                or len(found[3]) > FINGERPRINT_BYTES
+                or len(found[4]) > SAMPLE_BYTES
+            ):
+                raise TypeError(
+                    "the shared miss function must return (fingerprint, sample_sql, key, "
+                    "fingerprint_bytes, sample_bytes)"
+                )
+        except Exception as exc:  # noqa: BLE001 - ours: a fault, and nothing is lost
+            with self._lock, shared.locked():
+                shared.update(untexted, elapsed, error, rows, wall, times)
+            _faults.report("could not record a statement", exc)
+            return
+        except BaseException:
+            with self._lock, shared.locked():
+                shared.update(untexted, elapsed, error, rows, wall, times)
+            raise
+        key, fingerprint_bytes, sample_bytes = found[2], found[3], found[4]
+        with self._lock, shared.locked():
+            index = shared.find_or_insert(
+                key, fingerprint_bytes, sample_bytes, self._max_statements
+            )
+            serial = shared.q[shared.word(index) + _R_SERIAL]
+            shared.update(index, elapsed, error, rows, wall, times)
+        if cache is not None:
+            if len(cache) >= self._cache_limit:
+                for stale in list(cache)[: self._cache_limit // 4 + 1]:
+                    cache.pop(stale, None)
+            cache[sql] = (index, serial)
+
     def _evict(self) -> None:
         """Decay every usage, drop the least used 5 % into ``evicted``; caller holds the lock."""
         entries = list(self._entries.values())
@@ -330,6 +460,9 @@ class Statements:
 
         Every entry's figures at one instant.
         """
+        if self._shared is not None:
+            with self._lock:
+                return self._shared.read(self._evicted.fingerprint, self._untexted.fingerprint)
         with self._lock:
             return (
                 self._dropped,
@@ -337,6 +470,355 @@ class Statements:
                 self._untexted.reading(),
                 tuple(entry.reading() for entry in self._entries.values()),
             )
+
+
+class _Locked:
+    """The shared table's lock while held: an fcntl lock on the lock word's bytes."""
+
+    __slots__ = ("_shared",)
+
+    def __init__(self, shared: _Shared) -> None:
+        self._shared = shared
+
+    def __enter__(self) -> None:
+        shared = self._shared
+        # The kernel drops the lock of a process that dies: a dead holder's
+        # half-done update is put back by the next holder.
+        fcntl.lockf(shared.fd, fcntl.LOCK_EX, 8, _H_LOCK * 8)
+        if shared.q[_H_UNDO_KIND] != _UNDO_NONE:
+            shared.repair()
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.lockf(self._shared.fd, fcntl.LOCK_UN, 8, _H_LOCK * 8)
+
+
+class _Shared:
+    """A shared table's mapping, read and written as native words (see ``shared_layout``)."""
+
+    __slots__ = ("_locked", "d", "fd", "i32", "layout", "n", "q", "region", "s64")
+
+    def __init__(self, region: Any, lock_fd: int, max_statements: int) -> None:
+        view = memoryview(region)
+        if view.readonly:
+            raise TypeError("region must be a writable buffer")
+        self.n = max_statements
+        self.layout = shared_layout(max_statements)
+        problem = None
+        if view.nbytes < self.layout["size"]:
+            problem = "the shared statement table is smaller than its layout"
+        else:
+            header = HEADER_FORMAT.unpack_from(view, 0)
+            if header[0] != SHARED_MAGIC or header[1] != SHARED_VERSION or header[4] != RECORD_SIZE:
+                problem = "not a shared statement table of this version"
+            elif header[3] != max_statements:
+                problem = "the shared statement table holds another max_statements"
+            elif header[2] != LOCK_FCNTL:
+                problem = (
+                    "the shared statement table is locked with atomics (made by the C core): "
+                    "open it with that core"
+                )
+        if problem is not None:
+            raise ValueError(problem)
+        if not isinstance(lock_fd, int) or lock_fd < 0:
+            raise ValueError("lock_fd must be the open file of the shared statement table")
+        self.region = region
+        self.fd = lock_fd
+        self.q = view.cast("B").cast("Q")
+        self.s64 = view.cast("B").cast("q")
+        self.d = view.cast("B").cast("d")
+        self.i32 = view.cast("B").cast("i")
+        self._locked = _Locked(self)
+
+    def locked(self) -> _Locked:
+        return self._locked
+
+    def word(self, index: int) -> int:
+        """The first word of record ``index``."""
+        return (self.layout["records"] + index * RECORD_SIZE) // 8
+
+    # ---- undo
+
+    def _save(self, index: int) -> None:
+        q = self.q
+        base = self.word(index)
+        undo = self.layout["undo"] // 8
+        span = min(max(self.i32[(base + _R_WINDOW) * 2 + 1], 0), MAX_BUCKETS)
+        q[undo : undo + HEAD_WORDS] = q[base : base + HEAD_WORDS]
+        q[undo + _R_COUNTS : undo + _R_COUNTS + span] = q[
+            base + _R_COUNTS : base + _R_COUNTS + span
+        ]
+        q[_H_UNDO_INDEX] = index
+        self._save_header()
+
+    def _save_header(self) -> None:
+        q = self.q
+        q[_H_UNDO_DROPPED] = q[_H_DROPPED]
+        q[_H_UNDO_NEXT] = q[_H_NEXT_SERIAL]
+        q[_H_UNDO_LIVE] = q[_H_LIVE]
+
+    def _restore(self, index: int) -> None:
+        q = self.q
+        base = self.word(index)
+        undo = self.layout["undo"] // 8
+        span = min(max(self.i32[(undo + _R_WINDOW) * 2 + 1], 0), MAX_BUCKETS)
+        q[base : base + HEAD_WORDS] = q[undo : undo + HEAD_WORDS]
+        counts = base + _R_COUNTS
+        q[counts : counts + span] = q[undo + _R_COUNTS : undo + _R_COUNTS + span]
+        q[counts + span : counts + MAX_BUCKETS] = array.array("Q", bytes(8 * (MAX_BUCKETS - span)))
+
+    def repair(self) -> None:
+        """Puts back what a holder that died (or was interrupted) was changing."""
+        q = self.q
+        kind, index, n = q[_H_UNDO_KIND], q[_H_UNDO_INDEX], self.n
+        if kind == _UNDO_RECORD and index < n + 2:
+            self._restore(index)
+        elif kind == _UNDO_INSERT and index < n:
+            base = self.word(index)
+            q[base + _R_SERIAL] = 0
+            q[base + _R_KEY] = 0
+            q[self.layout["keys"] // 8 + index] = 0
+        elif kind == _UNDO_EVICT:
+            self._restore(n)
+            layout = self.layout
+            usage, serial, key = (
+                layout[name] // 8 for name in ("undo_usage", "undo_serial", "undo_key")
+            )
+            keys = layout["keys"] // 8
+            for i in range(n):
+                base = self.word(i)
+                self.d[base + _R_USAGE] = self.d[usage + i]
+                q[base + _R_SERIAL] = q[serial + i]
+                q[base + _R_KEY] = q[key + i]
+                q[keys + i] = q[key + i]
+        q[_H_DROPPED] = q[_H_UNDO_DROPPED]
+        q[_H_NEXT_SERIAL] = q[_H_UNDO_NEXT]
+        q[_H_LIVE] = q[_H_UNDO_LIVE]
+        q[_H_UNDO_KIND] = _UNDO_NONE
+
+    # ---- figures
+
+    def _slot(self, base: int, bucket: int) -> int:
+        """Where ``bucket`` is counted in a record's fixed window (as an entry's grows)."""
+        i32 = self.i32
+        window = (base + _R_WINDOW) * 2
+        lo, span = i32[window], i32[window + 1]
+        if span == 0:
+            i32[window], i32[window + 1] = bucket, 1
+            return 0
+        hi = lo + span - 1
+        if lo <= bucket <= hi:
+            return bucket - lo
+        new_lo, new_hi = min(bucket, lo), max(bucket, hi)
+        if new_hi - new_lo + 1 > MAX_BUCKETS:
+            new_lo = new_hi - MAX_BUCKETS + 1
+        counts = base + _R_COUNTS
+        q = self.q
+        moved = [0] * MAX_BUCKETS
+        for i in range(span):
+            b = lo + i
+            moved[0 if b < new_lo else b - new_lo] += q[counts + i]
+        q[counts : counts + MAX_BUCKETS] = array.array("Q", moved)
+        i32[window], i32[window + 1] = new_lo, new_hi - new_lo + 1
+        return 0 if bucket < new_lo else bucket - new_lo
+
+    def _add(self, index: int, elapsed: int, error: bool, rows: int, wall: int, times: int) -> None:
+        q, s64 = self.q, self.s64
+        base = self.word(index)
+        calls = q[base + _R_CALLS]
+        if calls == 0:
+            s64[base + _R_FIRST] = wall
+        q[base + _R_CALLS] = (calls + times) & _MASK
+        if error:
+            q[base + _R_ERRORS] = (q[base + _R_ERRORS] + times) & _MASK
+        self._add128(base + _R_TOTAL, elapsed * times)
+        self._add128(base + _R_SQ, elapsed * elapsed * times)
+        if elapsed < q[base + _R_MIN]:
+            q[base + _R_MIN] = elapsed
+        if elapsed > q[base + _R_MAX]:
+            q[base + _R_MAX] = elapsed
+        if rows >= 0:
+            q[base + _R_ROWS] = (q[base + _R_ROWS] + rows * times) & _MASK
+            q[base + _R_ROWS_CALLS] = (q[base + _R_ROWS_CALLS] + times) & _MASK
+        if wall > s64[base + _R_LAST]:
+            s64[base + _R_LAST] = wall
+        self.d[base + _R_USAGE] += float(times)
+        slot = base + _R_COUNTS + self._slot(base, bucket_of(elapsed))
+        q[slot] = (q[slot] + times) & _MASK
+
+    def _add128(self, at: int, value: int) -> None:
+        q = self.q
+        total = ((q[at + 1] << 64) | q[at]) + value
+        q[at] = total & _MASK
+        q[at + 1] = (total >> 64) & _MASK
+
+    def _merge(self, into: int, source: int) -> None:
+        q, s64 = self.q, self.s64
+        to, src = self.word(into), self.word(source)
+        calls = q[src + _R_CALLS]
+        if calls == 0:
+            return
+        if q[to + _R_CALLS] == 0 or s64[src + _R_FIRST] < s64[to + _R_FIRST]:
+            s64[to + _R_FIRST] = s64[src + _R_FIRST]
+        if s64[src + _R_LAST] > s64[to + _R_LAST]:
+            s64[to + _R_LAST] = s64[src + _R_LAST]
+        q[to + _R_CALLS] = (q[to + _R_CALLS] + calls) & _MASK
+        q[to + _R_ERRORS] = (q[to + _R_ERRORS] + q[src + _R_ERRORS]) & _MASK
+        self._add128(to + _R_TOTAL, (q[src + _R_TOTAL + 1] << 64) | q[src + _R_TOTAL])
+        self._add128(to + _R_SQ, (q[src + _R_SQ + 1] << 64) | q[src + _R_SQ])
+        q[to + _R_MIN] = min(q[to + _R_MIN], q[src + _R_MIN])
+        q[to + _R_MAX] = max(q[to + _R_MAX], q[src + _R_MAX])
+        q[to + _R_ROWS] = (q[to + _R_ROWS] + q[src + _R_ROWS]) & _MASK
+        q[to + _R_ROWS_CALLS] = (q[to + _R_ROWS_CALLS] + q[src + _R_ROWS_CALLS]) & _MASK
+        window = (src + _R_WINDOW) * 2
+        lo, span = self.i32[window], self.i32[window + 1]
+        for i in range(span - 1, -1, -1):
+            count = q[src + _R_COUNTS + i]
+            if count:
+                slot = to + _R_COUNTS + self._slot(to, lo + i)
+                q[slot] = (q[slot] + count) & _MASK
+
+    def update(
+        self, index: int, elapsed: int, error: bool, rows: int, wall: int, times: int
+    ) -> None:
+        """One query into record ``index``, undoable; the caller holds the lock."""
+        self._save(index)
+        self.q[_H_UNDO_KIND] = _UNDO_RECORD
+        self._add(index, elapsed, error, rows, wall, times)
+        self.q[_H_UNDO_KIND] = _UNDO_NONE
+
+    def _evict(self, max_statements: int) -> None:
+        q, d, n, layout = self.q, self.d, self.n, self.layout
+        usage, serial, key = (
+            layout[name] // 8 for name in ("undo_usage", "undo_serial", "undo_key")
+        )
+        keys = layout["keys"] // 8
+        for i in range(n):
+            base = self.word(i)
+            d[usage + i] = d[base + _R_USAGE]
+            q[serial + i] = q[base + _R_SERIAL]
+            q[key + i] = q[base + _R_KEY]
+        self._save(n)
+        q[_H_UNDO_KIND] = _UNDO_EVICT
+        live = []
+        for i in range(n):
+            base = self.word(i)
+            if q[base + _R_SERIAL]:
+                d[base + _R_USAGE] *= USAGE_DECAY
+                live.append((d[base + _R_USAGE], q[base + _R_SERIAL], i))
+        live.sort()
+        drop = min(max(1, max_statements * EVICT_PERCENT // 100), len(live))
+        for _usage, _serial, i in live[:drop]:
+            self._merge(n, i)
+            base = self.word(i)
+            q[base + _R_SERIAL] = 0
+            q[base + _R_KEY] = 0
+            q[keys + i] = 0
+            q[_H_DROPPED] += 1
+            q[_H_LIVE] -= 1
+        q[_H_UNDO_KIND] = _UNDO_NONE
+
+    def find_or_insert(
+        self, key: int, fingerprint: bytes, sample: bytes, max_statements: int
+    ) -> int:
+        """The live record of ``key``, or a new one (evicting first when full); lock held."""
+        q, n = self.q, self.n
+        keys = self.layout["keys"] // 8
+        at = self._find(key)
+        if at >= 0:
+            return at
+        if q[_H_LIVE] >= max_statements:
+            self._evict(max_statements)
+        index = self._find(0)
+        base = self.word(index)
+        q[_H_UNDO_INDEX] = index
+        self._save_header()
+        q[_H_UNDO_KIND] = _UNDO_INSERT
+        q[base : base + HEAD_WORDS] = array.array("Q", bytes(8 * HEAD_WORDS))
+        q[base + _R_COUNTS : base + _R_COUNTS + MAX_BUCKETS] = array.array(
+            "Q", bytes(8 * MAX_BUCKETS)
+        )
+        q[base + _R_MIN] = _MASK
+        q[base + _R_KEY] = key
+        self.region[base * 8 + _R_TEXT : base * 8 + _R_TEXT + len(fingerprint)] = fingerprint
+        text = base * 8 + _R_TEXT + FINGERPRINT_BYTES
+        self.region[text : text + len(sample)] = sample
+        lengths = (base + _R_LENGTHS) * 2
+        self.i32[lengths] = len(fingerprint)
+        self.i32[lengths + 1] = len(sample)
+        q[base + _R_SERIAL] = q[_H_NEXT_SERIAL]
+        q[_H_NEXT_SERIAL] += 1
+        q[_H_LIVE] += 1
+        q[keys + index] = key
+        q[_H_UNDO_KIND] = _UNDO_NONE
+        del n
+        return index
+
+    def _find(self, key: int) -> int:
+        """The index of ``key`` in the keys array (0: a free record), or -1."""
+        keys = self.layout["keys"]
+        needle = key.to_bytes(8, "little" if _NATIVE_LITTLE else "big")
+        region = self.region
+        at = keys
+        end = keys + 8 * self.n
+        while True:
+            at = region.find(needle, at, end)
+            if at < 0:
+                return -1
+            if (at - keys) % 8 == 0:
+                return (at - keys) // 8
+            at += 1
+
+    def _row(self, index: int, fingerprint: str | None, sample: str | None) -> tuple[Any, ...]:
+        q, s64, i32 = self.q, self.s64, self.i32
+        base = self.word(index)
+        calls = q[base + _R_CALLS]
+        lo, span = (
+            i32[(base + _R_WINDOW) * 2],
+            min(max(i32[(base + _R_WINDOW) * 2 + 1], 0), MAX_BUCKETS),
+        )
+        if fingerprint is None or sample is None:
+            lengths = (base + _R_LENGTHS) * 2
+            text = base * 8 + _R_TEXT
+            fingerprint = bytes(self.region[text : text + i32[lengths]]).decode(
+                "utf-8", "surrogatepass"
+            )
+            text += FINGERPRINT_BYTES
+            sample = bytes(self.region[text : text + i32[lengths + 1]]).decode(
+                "utf-8", "surrogatepass"
+            )
+        return (
+            fingerprint,
+            sample,
+            q[base + _R_SERIAL],
+            calls,
+            q[base + _R_ERRORS],
+            (q[base + _R_TOTAL + 1] << 64) | q[base + _R_TOTAL],
+            (q[base + _R_SQ + 1] << 64) | q[base + _R_SQ],
+            q[base + _R_MIN] if calls else 0,
+            q[base + _R_MAX],
+            q[base + _R_ROWS],
+            q[base + _R_ROWS_CALLS],
+            s64[base + _R_FIRST],
+            s64[base + _R_LAST],
+            lo,
+            bytes(self.q[base + _R_COUNTS : base + _R_COUNTS + span]),
+        )
+
+    def read(
+        self, evicted: str, untexted: str
+    ) -> tuple[int, tuple[Any, ...], tuple[Any, ...], tuple[tuple[Any, ...], ...]]:
+        """Every live record's figures at one instant."""
+        with self.locked():
+            keys = self.layout["keys"] // 8
+            return (
+                self.q[_H_DROPPED],
+                self._row(self.n, evicted, ""),
+                self._row(self.n + 1, untexted, ""),
+                tuple(self._row(i, None, None) for i in range(self.n) if self.q[keys + i]),
+            )
+
+
+_NATIVE_LITTLE = struct.pack("=H", 1) == b"\x01\x00"
 
 
 class Sampling:

@@ -55,7 +55,13 @@ typedef struct {
     int32_t capacity;
     int wide;               /* counts are uint64_t once a uint32_t one would overflow */
     void *counts;           /* uint32_t, or uint64_t when wide */
+    Py_ssize_t index;       /* in a shared table: the record, of generation `serial` */
 } EntryObject;
+
+/* Where a shared table's parts are in its file (see "the shared table"). */
+typedef struct {
+    size_t keys, undo, undo_usage, undo_serial, undo_key, records, size;
+} qm_st_layout;
 
 typedef struct {
     PyObject_HEAD
@@ -71,6 +77,12 @@ typedef struct {
     uint64_t dropped;
     uint64_t next_serial;
     PyTypeObject *entry_type;
+    /* A shared table (see "the shared table" below): its mapping, else NULL. */
+    char *shared;
+    uint64_t shared_n;
+    Py_buffer shared_view;
+    int has_view;
+    qm_st_layout layout;
 } StatementsObject;
 
 typedef struct {
@@ -234,6 +246,7 @@ entry_new(PyTypeObject *type, PyObject *fingerprint, PyObject *sample_sql, uint6
     e->lo = e->span = e->capacity = 0;
     e->wide = 0;
     e->counts = NULL;
+    e->index = -1;
     return e;
 }
 
@@ -491,6 +504,892 @@ statements_miss(StatementsObject *t, PyObject *dialect, PyObject *sql, PyObject 
     return entry;
 }
 
+/* ------------------------------------------------------ the shared table
+
+   A statement table many processes share (a SharedMeter's): its figures
+   live in a file every process maps, laid out exactly as the Python twin
+   lays it out (querymeter/shared/_statements.py makes and checks the file):
+
+     header (4096 bytes) | keys[N] | undo area | records[N + 2]
+
+   records[N] is `evicted`, records[N + 1] `untexted`.  keys[i] is record
+   i's 64-bit key (BLAKE2b of its fingerprint), 0 when free: a fingerprint
+   not in this process's cache is found by a scan of that one compact array.
+   A record's serial is its generation: each process caches, per text, the
+   record's index and serial, and a cached serial that no longer matches
+   (the record was evicted, by any process) is a miss.
+
+   One lock guards the table: a word in the header that the holder sets to
+   its token (pid << 32 | low bits of the process's start time) with a
+   compare-and-swap.  A waiter that has spun a while checks the holder:
+   gone, a zombie, or its pid reused by a younger process, the holder is
+   dead and the waiter takes the lock over.  Before changing anything the
+   holder writes what it will change into the undo area (and the kind of
+   change into the header), so that whoever takes the lock next, from a
+   holder killed mid-update, first puts the table back as it was before
+   that update: the figures are never torn, and a dead process's last
+   query is lost whole or kept whole.  The pure-Python core uses an fcntl
+   lock instead of the word (the kernel releases it at death) and the
+   same undo area; a file records which lock its processes use. */
+
+#include <sched.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <errno.h>
+#include <pthread.h>
+
+#define QM_ST_MAGIC "QMSTMTS1"
+#define QM_ST_VERSION 1
+#define QM_ST_HEADER 4096
+#define QM_ST_FINGERPRINT_BYTES 1024
+#define QM_ST_SAMPLE_BYTES 1024
+#define QM_ST_LOCK_ATOMIC 1
+#define QM_ST_LOCK_FCNTL 2
+#define QM_ST_UNDO_NONE 0
+#define QM_ST_UNDO_RECORD 1
+#define QM_ST_UNDO_INSERT 2
+#define QM_ST_UNDO_EVICT 3
+
+typedef struct {
+    char magic[8];
+    uint32_t version;
+    uint32_t lock_kind;
+    uint64_t max_statements;
+    uint64_t record_size;
+    uint64_t lock;              /* accessed atomically only */
+    uint64_t table_id;
+    int64_t started_wall_ns;
+    uint64_t dropped;
+    uint64_t next_serial;
+    uint64_t live;
+    uint64_t undo_kind;         /* what the holder is changing: QM_UNDO_* */
+    uint64_t undo_index;        /* which record */
+    uint64_t undo_dropped;      /* the header as it was before */
+    uint64_t undo_next_serial;
+    uint64_t undo_live;
+    uint64_t reserved;
+} qm_st_header;
+
+/* The figures of a record, before its texts and histogram. */
+typedef struct {
+    uint64_t serial;            /* 0: free */
+    uint64_t key;
+    double usage;
+    uint64_t calls;
+    uint64_t errors;
+    uint64_t total_lo, total_hi;  /* 128-bit sums, as two words: the records */
+    uint64_t sq_lo, sq_hi;        /* are 8-byte aligned only */
+    uint64_t min_ns;
+    uint64_t max_ns;
+    uint64_t rows;
+    uint64_t rows_calls;
+    int64_t first_seen;
+    int64_t last_seen;
+    int32_t lo;
+    int32_t span;
+    uint32_t fingerprint_len;
+    uint32_t sample_len;
+} qm_st_head;
+
+typedef struct {
+    qm_st_head h;
+    char fingerprint[QM_ST_FINGERPRINT_BYTES];
+    char sample[QM_ST_SAMPLE_BYTES];
+    uint64_t counts[QM_MAX_BUCKETS];
+} qm_st_record;
+
+_Static_assert(sizeof(qm_st_header) == 128, "the shared header's layout");
+_Static_assert(sizeof(qm_st_head) == 136, "the shared record's layout");
+_Static_assert(sizeof(qm_st_record) == 136 + 2048 + 8 * QM_MAX_BUCKETS, "the shared record");
+
+static inline size_t
+qm_st_align(size_t value, size_t to)
+{
+    return (value + to - 1) / to * to;
+}
+
+static qm_st_layout
+st_layout(uint64_t n)
+{
+    qm_st_layout l;
+    l.keys = QM_ST_HEADER;
+    l.undo = qm_st_align(l.keys + 8 * n, 64);
+    l.undo_usage = l.undo + sizeof(qm_st_record);
+    l.undo_serial = l.undo_usage + 8 * n;
+    l.undo_key = l.undo_serial + 8 * n;
+    l.records = qm_st_align(l.undo_key + 8 * n, 4096);
+    l.size = l.records + (n + 2) * sizeof(qm_st_record);
+    return l;
+}
+
+#define ST_HEADER(t) ((qm_st_header *)(t)->shared)
+#define ST_KEYS(t) ((uint64_t *)((t)->shared + (t)->layout.keys))
+#define ST_RECORD(t, i) ((qm_st_record *)((t)->shared + (t)->layout.records) + (i))
+#define ST_UNDO(t) ((qm_st_record *)((t)->shared + (t)->layout.undo))
+
+/* A compiler barrier: stores before it are made before stores after it, so
+   that a holder killed at any instruction leaves its undo record complete
+   before the change it undoes begins. */
+#define QM_ST_ORDER() atomic_signal_fence(memory_order_seq_cst)
+
+/* ---- the lock */
+
+static uint64_t qm_st_token = 0;  /* this process's; 0 after fork: made anew */
+static int qm_st_atfork = 0;
+
+static void
+qm_st_forked(void)
+{
+    qm_st_token = 0;
+}
+
+/* A process's start time (clock ticks since boot, field 22 of its stat),
+   and whether it is a zombie; -1 when it does not exist. */
+static long long
+st_process_start(pid_t pid, int *zombie)
+{
+    char path[64], buffer[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        return -1;
+    }
+    size_t n = fread(buffer, 1, sizeof(buffer) - 1, f);
+    fclose(f);
+    buffer[n] = '\0';
+    /* The command name may hold spaces and parentheses: fields follow the last ')'. */
+    char *p = strrchr(buffer, ')');
+    if (p == NULL || p[1] == '\0') {
+        return -1;
+    }
+    p += 2;
+    *zombie = *p == 'Z' || *p == 'X';
+    /* p is field 3 (state); the start time is field 22. */
+    for (int field = 3; field < 22; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL) {
+            return -1;
+        }
+        p++;
+    }
+    return strtoll(p, NULL, 10);
+}
+
+static uint64_t
+st_lock_token(void)
+{
+    if (qm_st_token == 0) {
+        if (!qm_st_atfork) {
+            pthread_atfork(NULL, NULL, qm_st_forked);
+            qm_st_atfork = 1;
+        }
+        pid_t pid = getpid();
+        int zombie = 0;
+        long long start = st_process_start(pid, &zombie);
+        qm_st_token = ((uint64_t)(uint32_t)pid << 32) | (uint32_t)(start < 0 ? 0 : start);
+    }
+    return qm_st_token;
+}
+
+/* Whether the process that holds a lock with this token is gone. */
+static int
+st_holder_dead(uint64_t token)
+{
+    if (token == st_lock_token()) {
+        return 1;  /* ours, yet we are waiting: left by this process's past */
+    }
+    pid_t pid = (pid_t)(token >> 32);
+    if (pid <= 0) {
+        return 1;
+    }
+    if (kill(pid, 0) < 0 && errno == ESRCH) {
+        return 1;
+    }
+    int zombie = 0;
+    long long start = st_process_start(pid, &zombie);
+    if (start < 0) {
+        return 1;
+    }
+    return zombie || (uint32_t)start != (uint32_t)token;
+}
+
+static void st_repair(StatementsObject *t);
+
+static void
+st_lock(StatementsObject *t)
+{
+    _Atomic uint64_t *word = (_Atomic uint64_t *)&ST_HEADER(t)->lock;
+    uint64_t me = st_lock_token();
+    for (uint64_t spins = 1;; spins++) {
+        uint64_t expected = 0;
+        if (atomic_compare_exchange_weak_explicit(word, &expected, me, memory_order_acquire,
+                                                  memory_order_relaxed)) {
+            break;
+        }
+        if (spins % 64 == 0) {
+            sched_yield();
+        }
+        if (spins % 4096 == 0 && expected != 0 && st_holder_dead(expected)
+            && atomic_compare_exchange_strong_explicit(word, &expected, me, memory_order_acquire,
+                                                       memory_order_relaxed)) {
+            break;  /* taken over from a dead holder */
+        }
+    }
+    if (ST_HEADER(t)->undo_kind != QM_ST_UNDO_NONE) {
+        st_repair(t);
+    }
+}
+
+static inline void
+st_unlock(StatementsObject *t)
+{
+    atomic_store_explicit((_Atomic uint64_t *)&ST_HEADER(t)->lock, 0, memory_order_release);
+}
+
+/* ---- undo */
+
+/* Saves a record's figures and histogram (not its texts, which no update
+   changes) before an update. */
+static void
+st_undo_save_record(StatementsObject *t, uint64_t index)
+{
+    qm_st_record *undo = ST_UNDO(t), *r = ST_RECORD(t, index);
+    undo->h = r->h;
+    /* Counts beyond the window are zero: the window's are all there is. */
+    int32_t span = r->h.span < 0 ? 0 : (r->h.span > QM_MAX_BUCKETS ? QM_MAX_BUCKETS : r->h.span);
+    memcpy(undo->counts, r->counts, (size_t)span * sizeof(uint64_t));
+    qm_st_header *h = ST_HEADER(t);
+    h->undo_index = index;
+    h->undo_dropped = h->dropped;
+    h->undo_next_serial = h->next_serial;
+    h->undo_live = h->live;
+}
+
+static inline void
+st_undo_begin(StatementsObject *t, uint64_t kind)
+{
+    QM_ST_ORDER();
+    ST_HEADER(t)->undo_kind = kind;
+    QM_ST_ORDER();
+}
+
+static inline void
+st_undo_end(StatementsObject *t)
+{
+    QM_ST_ORDER();
+    ST_HEADER(t)->undo_kind = QM_ST_UNDO_NONE;
+    QM_ST_ORDER();
+}
+
+static void
+st_undo_restore_record(StatementsObject *t, qm_st_record *r)
+{
+    qm_st_record *undo = ST_UNDO(t);
+    int32_t span = undo->h.span < 0 ? 0 : (undo->h.span > QM_MAX_BUCKETS ? QM_MAX_BUCKETS : undo->h.span);
+    r->h = undo->h;
+    memcpy(r->counts, undo->counts, (size_t)span * sizeof(uint64_t));
+    memset(r->counts + span, 0, (size_t)(QM_MAX_BUCKETS - span) * sizeof(uint64_t));
+}
+
+/* Puts back what a dead holder was changing. */
+static void
+st_repair(StatementsObject *t)
+{
+    qm_st_header *h = ST_HEADER(t);
+    uint64_t n = t->shared_n;
+    uint64_t index = h->undo_index;
+    switch (h->undo_kind) {
+    case QM_ST_UNDO_RECORD:
+        if (index < n + 2) {
+            st_undo_restore_record(t, ST_RECORD(t, index));
+        }
+        break;
+    case QM_ST_UNDO_INSERT:
+        if (index < n) {
+            ST_RECORD(t, index)->h.serial = 0;
+            ST_RECORD(t, index)->h.key = 0;
+            ST_KEYS(t)[index] = 0;
+        }
+        break;
+    case QM_ST_UNDO_EVICT: {
+        st_undo_restore_record(t, ST_RECORD(t, n));
+        const double *usage = (const double *)(t->shared + t->layout.undo_usage);
+        const uint64_t *serial = (const uint64_t *)(t->shared + t->layout.undo_serial);
+        const uint64_t *key = (const uint64_t *)(t->shared + t->layout.undo_key);
+        for (uint64_t i = 0; i < n; i++) {
+            qm_st_record *r = ST_RECORD(t, i);
+            r->h.usage = usage[i];
+            r->h.serial = serial[i];
+            r->h.key = key[i];
+            ST_KEYS(t)[i] = key[i];
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    h->dropped = h->undo_dropped;
+    h->next_serial = h->undo_next_serial;
+    h->live = h->undo_live;
+    st_undo_end(t);
+}
+
+/* ---- figures */
+
+static inline qm_u128
+st_u128_of(uint64_t lo, uint64_t hi)
+{
+    return ((qm_u128)hi << 64) | lo;
+}
+
+/* The count that takes bucket `b`: the window [lo, lo + span) moves and
+   grows as an in-process entry's does (at most QM_MAX_BUCKETS, the highest
+   kept, what falls below counted lowest), in the record's fixed room. */
+static int32_t
+st_slot(qm_st_record *r, int32_t b)
+{
+    if (r->h.span == 0) {
+        r->h.lo = b;
+        r->h.span = 1;
+        return 0;
+    }
+    int32_t lo = r->h.lo, hi = lo + r->h.span - 1;
+    if (b >= lo && b <= hi) {
+        return b - lo;
+    }
+    int32_t new_lo = b < lo ? b : lo;
+    int32_t new_hi = b > hi ? b : hi;
+    if (new_hi - new_lo + 1 > QM_MAX_BUCKETS) {
+        new_lo = new_hi - QM_MAX_BUCKETS + 1;
+    }
+    uint64_t moved[QM_MAX_BUCKETS];
+    memset(moved, 0, sizeof(moved));
+    for (int32_t i = 0; i < r->h.span; i++) {
+        int32_t bucket = lo + i;
+        moved[bucket < new_lo ? 0 : bucket - new_lo] += r->counts[i];
+    }
+    memcpy(r->counts, moved, sizeof(moved));
+    r->h.lo = new_lo;
+    r->h.span = new_hi - new_lo + 1;
+    return b < new_lo ? 0 : b - new_lo;
+}
+
+static void
+st_add(qm_st_record *r, uint64_t elapsed, int error, int64_t rows, int64_t wall,
+           uint64_t times)
+{
+    qm_st_head *h = &r->h;
+    if (h->calls == 0) {
+        h->first_seen = wall;
+    }
+    h->calls += times;
+    if (error) {
+        h->errors += times;
+    }
+    qm_u128 total = st_u128_of(h->total_lo, h->total_hi) + (qm_u128)elapsed * times;
+    qm_u128 sq = st_u128_of(h->sq_lo, h->sq_hi) + (qm_u128)elapsed * elapsed * times;
+    h->total_lo = (uint64_t)total;
+    h->total_hi = (uint64_t)(total >> 64);
+    h->sq_lo = (uint64_t)sq;
+    h->sq_hi = (uint64_t)(sq >> 64);
+    if (elapsed < h->min_ns) {
+        h->min_ns = elapsed;
+    }
+    if (elapsed > h->max_ns) {
+        h->max_ns = elapsed;
+    }
+    if (rows >= 0) {
+        h->rows += (uint64_t)rows * times;
+        h->rows_calls += times;
+    }
+    if (wall > h->last_seen) {
+        h->last_seen = wall;
+    }
+    h->usage += (double)times;
+    r->counts[st_slot(r, bucket_of(elapsed))] += times;
+}
+
+static void
+st_merge(qm_st_record *into, const qm_st_record *from)
+{
+    const qm_st_head *f = &from->h;
+    qm_st_head *h = &into->h;
+    if (f->calls == 0) {
+        return;
+    }
+    if (h->calls == 0 || f->first_seen < h->first_seen) {
+        h->first_seen = f->first_seen;
+    }
+    if (f->last_seen > h->last_seen) {
+        h->last_seen = f->last_seen;
+    }
+    h->calls += f->calls;
+    h->errors += f->errors;
+    qm_u128 total = st_u128_of(h->total_lo, h->total_hi) + st_u128_of(f->total_lo, f->total_hi);
+    qm_u128 sq = st_u128_of(h->sq_lo, h->sq_hi) + st_u128_of(f->sq_lo, f->sq_hi);
+    h->total_lo = (uint64_t)total;
+    h->total_hi = (uint64_t)(total >> 64);
+    h->sq_lo = (uint64_t)sq;
+    h->sq_hi = (uint64_t)(sq >> 64);
+    if (f->min_ns < h->min_ns) {
+        h->min_ns = f->min_ns;
+    }
+    if (f->max_ns > h->max_ns) {
+        h->max_ns = f->max_ns;
+    }
+    h->rows += f->rows;
+    h->rows_calls += f->rows_calls;
+    for (int32_t i = f->span - 1; i >= 0; i--) {
+        uint64_t count = from->counts[i];
+        if (count != 0) {
+            into->counts[st_slot(into, f->lo + i)] += count;
+        }
+    }
+}
+
+static void
+st_clear(qm_st_record *r)
+{
+    memset(&r->h, 0, sizeof(r->h));
+    r->h.min_ns = UINT64_MAX;
+    memset(r->counts, 0, sizeof(r->counts));
+}
+
+/* An update of one record, undoable. */
+static void
+st_update(StatementsObject *t, uint64_t index, uint64_t elapsed, int error, int64_t rows,
+              int64_t wall, uint64_t times)
+{
+    st_undo_save_record(t, index);
+    st_undo_begin(t, QM_ST_UNDO_RECORD);
+    st_add(ST_RECORD(t, index), elapsed, error, rows, wall, times);
+    st_undo_end(t);
+}
+
+typedef struct {
+    double usage;
+    uint64_t serial;
+    uint64_t index;
+} qm_st_victim;
+
+static int
+st_victim_order(const void *a, const void *b)
+{
+    const qm_st_victim *x = a, *y = b;
+    if (x->usage != y->usage) {
+        return x->usage < y->usage ? -1 : 1;
+    }
+    return x->serial < y->serial ? -1 : (x->serial > y->serial ? 1 : 0);
+}
+
+/* Makes room, as the in-process table does: every usage decays by 1 %, the
+   least used 5 % go into `evicted`.  -1 when memory ran out (nothing changed). */
+static int
+st_evict(StatementsObject *t)
+{
+    uint64_t n = t->shared_n;
+    qm_st_header *h = ST_HEADER(t);
+    qm_st_victim *all = PyMem_RawMalloc((size_t)n * sizeof(qm_st_victim));
+    if (all == NULL) {
+        return -1;
+    }
+    double *usage = (double *)(t->shared + t->layout.undo_usage);
+    uint64_t *serial = (uint64_t *)(t->shared + t->layout.undo_serial);
+    uint64_t *key = (uint64_t *)(t->shared + t->layout.undo_key);
+    for (uint64_t i = 0; i < n; i++) {
+        qm_st_record *r = ST_RECORD(t, i);
+        usage[i] = r->h.usage;
+        serial[i] = r->h.serial;
+        key[i] = r->h.key;
+    }
+    st_undo_save_record(t, n);
+    st_undo_begin(t, QM_ST_UNDO_EVICT);
+    size_t live = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        qm_st_record *r = ST_RECORD(t, i);
+        if (r->h.serial != 0) {
+            r->h.usage *= QM_USAGE_DECAY;
+            all[live].usage = r->h.usage;
+            all[live].serial = r->h.serial;
+            all[live].index = i;
+            live++;
+        }
+    }
+    qsort(all, live, sizeof(qm_st_victim), st_victim_order);
+    size_t drop = (size_t)(t->max_statements * QM_EVICT_PERCENT / 100);
+    if (drop < 1) {
+        drop = 1;
+    }
+    if (drop > live) {
+        drop = live;
+    }
+    for (size_t k = 0; k < drop; k++) {
+        qm_st_record *r = ST_RECORD(t, all[k].index);
+        st_merge(ST_RECORD(t, n), r);
+        r->h.serial = 0;
+        r->h.key = 0;
+        ST_KEYS(t)[all[k].index] = 0;
+        h->dropped += 1;
+        h->live -= 1;
+    }
+    st_undo_end(t);
+    PyMem_RawFree(all);
+    return 0;
+}
+
+/* The index of the live record with this key, or of a new one made for it
+   (evicting first when the table is full); -1 when memory ran out.  Caller
+   holds the lock. */
+static int64_t
+st_find_or_insert(StatementsObject *t, uint64_t key, const char *fingerprint,
+                      Py_ssize_t fingerprint_len, const char *sample, Py_ssize_t sample_len)
+{
+    uint64_t n = t->shared_n;
+    uint64_t *keys = ST_KEYS(t);
+    for (uint64_t i = 0; i < n; i++) {
+        if (keys[i] == key) {
+            return (int64_t)i;
+        }
+    }
+    qm_st_header *h = ST_HEADER(t);
+    if (h->live >= (uint64_t)t->max_statements && st_evict(t) < 0) {
+        return -1;
+    }
+    uint64_t index = n;
+    for (uint64_t i = 0; i < n; i++) {
+        if (keys[i] == 0) {
+            index = i;
+            break;
+        }
+    }
+    if (index == n) {
+        return -1;  /* cannot be: eviction freed one */
+    }
+    qm_st_record *r = ST_RECORD(t, index);
+    h->undo_index = index;
+    h->undo_dropped = h->dropped;
+    h->undo_next_serial = h->next_serial;
+    h->undo_live = h->live;
+    st_undo_begin(t, QM_ST_UNDO_INSERT);
+    st_clear(r);
+    r->h.key = key;
+    r->h.fingerprint_len = (uint32_t)fingerprint_len;
+    r->h.sample_len = (uint32_t)sample_len;
+    memcpy(r->fingerprint, fingerprint, (size_t)fingerprint_len);
+    memcpy(r->sample, sample, (size_t)sample_len);
+    r->h.serial = h->next_serial++;
+    h->live += 1;
+    QM_ST_ORDER();
+    keys[index] = key;
+    st_undo_end(t);
+    return (int64_t)index;
+}
+
+/* A text this process has not cached (or whose record was evicted): the
+   miss function names it (fingerprint, sample, key, and their stored
+   bytes), then its record is found or made; the text is cached with the
+   record's index and serial.  0, or -1 with an exception set (the query is
+   then counted in `untexted` by the caller). */
+static int
+st_miss(StatementsObject *t, PyObject *dialect, PyObject *sql, PyObject *cache,
+            uint64_t elapsed, int error, int64_t rows, int64_t wall, uint64_t times)
+{
+    PyObject *found = PyObject_CallFunctionObjArgs(t->miss, sql, dialect, NULL);
+    if (found == NULL) {
+        return -1;
+    }
+    unsigned long long key = 0;
+    int valid = PyTuple_CheckExact(found) && PyTuple_GET_SIZE(found) == 5
+                && PyUnicode_CheckExact(PyTuple_GET_ITEM(found, 0))
+                && PyUnicode_CheckExact(PyTuple_GET_ITEM(found, 1))
+                && PyLong_CheckExact(PyTuple_GET_ITEM(found, 2))
+                && PyBytes_CheckExact(PyTuple_GET_ITEM(found, 3))
+                && PyBytes_CheckExact(PyTuple_GET_ITEM(found, 4))
+                && PyBytes_GET_SIZE(PyTuple_GET_ITEM(found, 3)) <= QM_ST_FINGERPRINT_BYTES
+                && PyBytes_GET_SIZE(PyTuple_GET_ITEM(found, 4)) <= QM_ST_SAMPLE_BYTES;
+    if (valid) {
+        key = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(found, 2));
+        if (PyErr_Occurred()) {
+            PyErr_Clear();
+            valid = 0;
+        }
+        valid = valid && key != 0;
+    }
+    if (!valid) {
+        Py_DECREF(found);
+        PyErr_SetString(PyExc_TypeError,
+                        "the shared miss function must return (fingerprint, sample_sql, "
+                        "key, fingerprint_bytes, sample_bytes)");
+        return -1;
+    }
+    PyObject *fingerprint_bytes = PyTuple_GET_ITEM(found, 3);
+    PyObject *sample_bytes = PyTuple_GET_ITEM(found, 4);
+    st_lock(t);
+    int64_t index = st_find_or_insert(
+        t, key, PyBytes_AS_STRING(fingerprint_bytes), PyBytes_GET_SIZE(fingerprint_bytes),
+        PyBytes_AS_STRING(sample_bytes), PyBytes_GET_SIZE(sample_bytes));
+    uint64_t serial = 0;
+    if (index >= 0) {
+        serial = ST_RECORD(t, index)->h.serial;
+        st_update(t, (uint64_t)index, elapsed, error, rows, wall, times);
+    }
+    st_unlock(t);
+    if (index < 0) {
+        Py_DECREF(found);
+        PyErr_NoMemory();
+        return -1;
+    }
+    int status = 0;
+    if (cache != NULL) {
+        EntryObject *entry = entry_new(t->entry_type, PyTuple_GET_ITEM(found, 0),
+                                       PyTuple_GET_ITEM(found, 1), serial);
+        if (entry == NULL) {
+            status = -1;
+        }
+        else {
+            entry->index = index;
+            if ((PyDict_GET_SIZE(cache) >= t->cache_limit
+                 && statements_trim_cache(cache, t->cache_limit) < 0)
+                || PyDict_SetItem(cache, sql, (PyObject *)entry) < 0) {
+                /* Counted already: only the cache is the poorer. */
+                PyErr_Clear();
+            }
+            Py_DECREF(entry);
+        }
+        if (status < 0) {
+            PyErr_Clear();
+            status = 0;
+        }
+    }
+    Py_DECREF(found);
+    return status;
+}
+
+/* Records one query into the shared table (as statements_record does into
+   the process's own).  A cache hit is one dict lookup and an update under
+   the lock. */
+static int
+st_record(StatementsObject *t, PyObject *dialect, PyObject *sql, uint64_t elapsed, int error,
+              int64_t rows, int64_t wall, uint64_t times)
+{
+    if (sql == NULL || sql == Py_None) {
+        st_lock(t);
+        st_update(t, t->shared_n + 1, elapsed, error, rows, wall, times);
+        st_unlock(t);
+        return 0;
+    }
+    if (dialect == NULL) {
+        dialect = Py_None;
+    }
+    PyObject *cache = NULL;
+    if (PyUnicode_CheckExact(sql) || PyBytes_CheckExact(sql)) {
+        cache = statements_cache(t, dialect);
+        if (cache != NULL) {
+            EntryObject *hit = (EntryObject *)PyDict_GetItemWithError(cache, sql);
+            if (hit != NULL) {
+                st_lock(t);
+                if (ST_RECORD(t, hit->index)->h.serial == hit->serial) {
+                    st_update(t, (uint64_t)hit->index, elapsed, error, rows, wall, times);
+                    st_unlock(t);
+                    return 0;
+                }
+                st_unlock(t);
+                /* Evicted (by any process) since it was cached. */
+                if (PyDict_DelItem(cache, sql) < 0) {
+                    cache = NULL;
+                }
+            }
+        }
+        if (PyErr_Occurred()) {
+            goto failed;
+        }
+    }
+    Py_INCREF(sql);
+    Py_INCREF(dialect);
+    int status = st_miss(t, dialect, sql, cache, elapsed, error, rows, wall, times);
+    Py_DECREF(dialect);
+    Py_DECREF(sql);
+    if (status == 0) {
+        return 0;
+    }
+failed:
+    st_lock(t);
+    st_update(t, t->shared_n + 1, elapsed, error, rows, wall, times);
+    st_unlock(t);
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return -1;
+    }
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    int faulted = report_fault("could not record a statement", value);
+    Py_XDECREF(type);
+    Py_XDECREF(value);
+    Py_XDECREF(tb);
+    return faulted;
+}
+
+/* _read() of a shared table: every live record copied under the lock (plain
+   copies into one buffer, no Python), then made into objects. */
+typedef struct {
+    qm_st_head h;
+    size_t counts;      /* offsets into the copy's buffer */
+    size_t fingerprint;
+    size_t sample;
+} qm_st_copy;
+
+static PyObject *
+st_row(StatementsObject *t, const qm_st_copy *c, const char *buffer, PyObject *fingerprint,
+           PyObject *sample)
+{
+    const qm_st_head *h = &c->h;
+    int32_t span = h->span < 0 ? 0 : (h->span > QM_MAX_BUCKETS ? QM_MAX_BUCKETS : h->span);
+    PyObject *counts = PyBytes_FromStringAndSize(buffer + c->counts,
+                                                 (Py_ssize_t)span * (Py_ssize_t)sizeof(uint64_t));
+    PyObject *total = u128_to_pylong(st_u128_of(h->total_lo, h->total_hi));
+    PyObject *total_sq = u128_to_pylong(st_u128_of(h->sq_lo, h->sq_hi));
+    PyObject *texts[2] = {fingerprint, sample};
+    if (fingerprint == NULL) {
+        texts[0] = PyUnicode_DecodeUTF8(buffer + c->fingerprint, h->fingerprint_len,
+                                        "surrogatepass");
+        texts[1] = PyUnicode_DecodeUTF8(buffer + c->sample, h->sample_len, "surrogatepass");
+    }
+    else {
+        Py_INCREF(texts[0]);
+        Py_INCREF(texts[1]);
+    }
+    PyObject *row = NULL;
+    if (counts && total && total_sq && texts[0] && texts[1]) {
+        row = Py_BuildValue("(OOKKKOOKKKKLLiO)", texts[0], texts[1],
+                            (unsigned long long)h->serial, (unsigned long long)h->calls,
+                            (unsigned long long)h->errors, total, total_sq,
+                            (unsigned long long)(h->calls ? h->min_ns : 0),
+                            (unsigned long long)h->max_ns, (unsigned long long)h->rows,
+                            (unsigned long long)h->rows_calls, (long long)h->first_seen,
+                            (long long)h->last_seen, (int)h->lo, counts);
+    }
+    Py_XDECREF(counts);
+    Py_XDECREF(total);
+    Py_XDECREF(total_sq);
+    Py_XDECREF(texts[0]);
+    Py_XDECREF(texts[1]);
+    return row;
+}
+
+static PyObject *
+st_read(StatementsObject *t)
+{
+    uint64_t n = t->shared_n;
+    const uint64_t *keys = ST_KEYS(t);
+    qm_st_copy *copies = NULL;
+    char *buffer = NULL;
+    st_lock(t);
+    size_t count = 2, bytes = 0;
+    for (uint64_t i = 0; i < n + 2; i++) {
+        if (i >= n || keys[i] != 0) {
+            const qm_st_head *h = &ST_RECORD(t, i)->h;
+            if (i < n) {
+                count++;
+            }
+            bytes += 8 * (size_t)QM_MAX_BUCKETS + h->fingerprint_len + h->sample_len;
+        }
+    }
+    copies = PyMem_RawMalloc(count * sizeof(qm_st_copy));
+    buffer = PyMem_RawMalloc(bytes + 1);
+    if (copies == NULL || buffer == NULL) {
+        st_unlock(t);
+        PyMem_RawFree(copies);
+        PyMem_RawFree(buffer);
+        return PyErr_NoMemory();
+    }
+    uint64_t dropped = ST_HEADER(t)->dropped;
+    size_t k = 2, at = 0;
+    for (uint64_t i = 0; i < n + 2; i++) {
+        if (i < n && keys[i] == 0) {
+            continue;
+        }
+        const qm_st_record *r = ST_RECORD(t, i);
+        qm_st_copy *c = &copies[i == n ? 0 : (i == n + 1 ? 1 : k++)];
+        c->h = r->h;
+        size_t span = r->h.span < 0 ? 0 : (r->h.span > QM_MAX_BUCKETS ? QM_MAX_BUCKETS : (size_t)r->h.span);
+        c->counts = at;
+        memcpy(buffer + at, r->counts, 8 * span);
+        at += 8 * span;
+        c->fingerprint = at;
+        memcpy(buffer + at, r->fingerprint, r->h.fingerprint_len);
+        at += r->h.fingerprint_len;
+        c->sample = at;
+        memcpy(buffer + at, r->sample, r->h.sample_len);
+        at += r->h.sample_len;
+    }
+    st_unlock(t);
+
+    PyObject *result = NULL, *evicted = NULL, *untexted = NULL;
+    PyObject *rows = PyTuple_New((Py_ssize_t)(count - 2));
+    if (rows == NULL) {
+        goto done;
+    }
+    evicted = st_row(t, &copies[0], buffer, t->evicted->fingerprint, t->evicted->sample_sql);
+    untexted = st_row(t, &copies[1], buffer, t->untexted->fingerprint, t->untexted->sample_sql);
+    if (evicted == NULL || untexted == NULL) {
+        goto done;
+    }
+    for (size_t j = 2; j < count; j++) {
+        PyObject *row = st_row(t, &copies[j], buffer, NULL, NULL);
+        if (row == NULL) {
+            goto done;
+        }
+        PyTuple_SET_ITEM(rows, (Py_ssize_t)(j - 2), row);
+    }
+    result = Py_BuildValue("(KOOO)", (unsigned long long)dropped, evicted, untexted, rows);
+done:
+    Py_XDECREF(rows);
+    Py_XDECREF(evicted);
+    Py_XDECREF(untexted);
+    PyMem_RawFree(copies);
+    PyMem_RawFree(buffer);
+    return result;
+}
+
+/* Attaches a table to its shared file's mapping (`region`, made and checked
+   by querymeter.shared._statements): 0, or -1 with ValueError naming what
+   does not fit. */
+static int
+st_attach(StatementsObject *t, PyObject *region)
+{
+    if (PyObject_GetBuffer(region, &t->shared_view, PyBUF_WRITABLE) < 0) {
+        return -1;
+    }
+    t->has_view = 1;
+    t->shared_n = (uint64_t)t->max_statements;
+    t->layout = st_layout(t->shared_n);
+    const qm_st_header *h = t->shared_view.buf;
+    const char *problem = NULL;
+    if ((size_t)t->shared_view.len < t->layout.size) {
+        problem = "the shared statement table is smaller than its layout";
+    }
+    else if (memcmp(h->magic, QM_ST_MAGIC, 8) != 0 || h->version != QM_ST_VERSION
+             || h->record_size != sizeof(qm_st_record)) {
+        problem = "not a shared statement table of this version";
+    }
+    else if (h->max_statements != t->shared_n) {
+        problem = "the shared statement table holds another max_statements";
+    }
+    else if (h->lock_kind != QM_ST_LOCK_ATOMIC) {
+        problem = "the shared statement table is locked with fcntl (made by the pure-Python "
+                  "core): open it with that core";
+    }
+    if (problem != NULL) {
+        PyErr_SetString(PyExc_ValueError, problem);
+        return -1;
+    }
+    t->shared = t->shared_view.buf;
+    return 0;
+}
+
 /* Records one query.  Never raises an Exception (a failure of ours is a
    fault, and the query goes to `untexted` so that nothing is lost); -1, with
    the exception set, only for one that is the application's (an interrupt
@@ -499,6 +1398,9 @@ static int
 statements_record(StatementsObject *t, PyObject *dialect, PyObject *sql,
                   uint64_t elapsed, int error, int64_t rows, int64_t wall, uint64_t times)
 {
+    if (t->shared != NULL) {
+        return st_record(t, dialect, sql, elapsed, error, rows, wall, times);
+    }
     if (sql == NULL || sql == Py_None) {
         entry_add(t->untexted, elapsed, error, rows, wall, times);
         return 0;
@@ -551,11 +1453,12 @@ failed:
 static PyObject *
 statements_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    static char *kwlist[] = {"miss", "max_statements", "cache_limit", NULL};
-    PyObject *miss;
+    static char *kwlist[] = {"miss", "max_statements", "cache_limit", "region", "lock_fd", NULL};
+    PyObject *miss, *region = Py_None;
     Py_ssize_t max_statements, cache_limit;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Onn:Statements", kwlist, &miss,
-                                     &max_statements, &cache_limit)) {
+    int lock_fd = -1;  /* the pure-Python core's lock; this core's is in the region */
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Onn|Oi:Statements", kwlist, &miss,
+                                     &max_statements, &cache_limit, &region, &lock_fd)) {
         return NULL;
     }
     if (!PyCallable_Check(miss)) {
@@ -599,6 +1502,10 @@ statements_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
         Py_DECREF(t);
         return NULL;
     }
+    if (region != Py_None && st_attach(t, region) < 0) {
+        Py_DECREF(t);
+        return NULL;
+    }
     return (PyObject *)t;
 }
 
@@ -634,6 +1541,11 @@ statements_dealloc(StatementsObject *t)
     Py_CLEAR(t->evicted);
     Py_CLEAR(t->untexted);
     Py_CLEAR(t->entry_type);
+    if (t->has_view) {
+        t->shared = NULL;
+        t->has_view = 0;
+        PyBuffer_Release(&t->shared_view);
+    }
     tp->tp_free((PyObject *)t);
     Py_DECREF(tp);
 }
@@ -727,6 +1639,9 @@ entry_copy_to_tuple(const entry_copy *c)
 static PyObject *
 statements_read(StatementsObject *t, PyObject *Py_UNUSED(ignored))
 {
+    if (t->shared != NULL) {
+        return st_read(t);
+    }
     Py_ssize_t n = PyDict_GET_SIZE(t->entries) + 2;
     entry_copy *copies = PyMem_Calloc((size_t)n, sizeof(entry_copy));
     uint64_t *counts = PyMem_Calloc((size_t)n * QM_MAX_BUCKETS, sizeof(uint64_t));
@@ -783,6 +1698,9 @@ done:
 static PyObject *
 statements_get_len(StatementsObject *t, void *Py_UNUSED(closure))
 {
+    if (t->shared != NULL) {
+        return PyLong_FromUnsignedLongLong(ST_HEADER(t)->live);
+    }
     return PyLong_FromSsize_t(PyDict_GET_SIZE(t->entries));
 }
 
