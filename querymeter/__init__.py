@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from ._faults import counts as faults
+from .autoinstrument import autoinstrument
 from .core import IMPLEMENTATION
 from .markers import Marker, mark
 from .meter import Meter, default_meter, snapshot
@@ -46,6 +47,7 @@ __all__ = [
     "StatementsInterval",
     "StatementsSnapshot",
     "Trend",
+    "autoinstrument",
     "current_scope",
     "default_meter",
     "disable",

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NamedTuple, TextIO
 
 from . import __version__, usl
+from .autoinstrument import _run as _run_command
 from .core import IMPLEMENTATION
 from .demo import (
     DEFAULT_DURATION_S,
@@ -396,6 +397,11 @@ COMMANDS: dict[str, Command] = {
         "measure a small workload at increasing concurrency and fit the USL",
         _add_demo_arguments,
         run_demo,
+    ),
+    "run": Command(
+        "run a program with its database drivers instrumented, changing none of its code",
+        _run_command.add_arguments,
+        _run_command.run,
     ),
 }
 

@@ -72,7 +72,8 @@ def uninstrument_all() -> None:
 
     Every instrumented DB-API driver is uninstrumented and every open counting
     connection unwrapped; SQLAlchemy's ``instrument_all`` stops and every
-    instrumented engine is uninstrumented.  Cursors opened before keep counting
+    instrumented engine is uninstrumented; ``querymeter.autoinstrument`` stops
+    instrumenting drivers as they are imported.  Cursors opened before keep counting
     until closed (as after ``unwrap_connection``); :func:`disable` stops them too.
     """
     # A hook package never imported has nothing of ours to take out (and
@@ -80,6 +81,9 @@ def uninstrument_all() -> None:
     # Engines first: uninstrumenting one gives its connections back to
     # querymeter.dbapi, whose turn comes next.
     steps: list[tuple[str, Callable[[], None]]] = []
+    # First, so that no driver imported from now on is instrumented again.
+    if "querymeter.autoinstrument" in sys.modules:
+        steps.append(("post-import hooks", sys.modules["querymeter.autoinstrument"].undo))
     if "querymeter.sqlalchemy" in sys.modules:
         steps.append(("SQLAlchemy engines", _uninstrument_engines))
     if "querymeter.dbapi" in sys.modules:
