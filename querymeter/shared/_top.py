@@ -28,6 +28,8 @@ __all__ = [
     "DEFAULT_INTERVAL_S",
     "DEFAULT_STATEMENTS",
     "Reading",
+    "Source",
+    "TopError",
     "WorkerReading",
     "add_top_arguments",
     "read",
@@ -238,10 +240,11 @@ def _attribute(value: Any, *names: str) -> Any:
     raise AttributeError(f"{type(value).__name__} has none of {', '.join(names)}")
 
 
-def read(meter: Any) -> Reading:
+def read(meter: Any, statements: Any = None) -> Reading:
     """One reading of a shared meter: the service, each live worker, the statements.
 
-    The reading process's own slot, if it holds one, is not a worker.
+    ``statements`` is the meter's shared statement table, if it has one.  The
+    reading process's own slot, if it holds one, is not a worker.
     """
     service = meter.snapshot()
     own = os.getpid()
@@ -258,9 +261,7 @@ def read(meter: Any) -> Reading:
                 snapshot=_attribute(slot, "snapshot"),
             )
         )
-    table = getattr(meter, "statements", None)
-    statements = None if table is None else table.snapshot()
-    return Reading(service, tuple(workers), statements)
+    return Reading(service, tuple(workers), None if statements is None else statements.snapshot())
 
 
 class TopError(Exception):
@@ -279,28 +280,51 @@ def _path_problem(path: str) -> str | None:
         return "it is a directory"
     if not stat.S_ISREG(status.st_mode):
         return "it is not a regular file"
-    if not os.access(path, os.R_OK):
-        return "cannot read it: permission denied"
+    if not os.access(path, os.R_OK | os.W_OK):
+        return "cannot open it for reading and writing (a shared meter maps it so)"
     return None
 
 
-def open_meter(path: str) -> Any:
-    """The shared meter at ``path``, which must exist; TopError says what is wrong."""
-    problem = _path_problem(path)
-    if problem is not None:
-        raise TopError(f"{path}: {problem}")
-    from ._meter import SharedMeter
+class Source:
+    """The shared meter at a path, and its statement table once a worker has made one."""
 
-    try:
-        return SharedMeter(path)
-    except (OSError, ValueError, RuntimeError) as exc:
-        raise TopError(f"{path}: not a shared meter's file: {exc}") from None
+    def __init__(self, path: str) -> None:
+        problem = _path_problem(path)
+        if problem is not None:
+            raise TopError(f"{path}: {problem}")
+        from ._meter import SharedMeter
 
+        self.path = path
+        try:
+            self.meter = SharedMeter(path)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise TopError(f"{path}: {exc}") from None
+        self._statements: Any = None
 
-def _close(meter: Any) -> None:
-    close = getattr(meter, "close", None)
-    if close is not None:
-        close()
+    def _statement_table(self) -> Any:
+        """The shared statement table, opened once some worker has enabled it."""
+        if self._statements is None:
+            from ..meter import core_module
+            from ._statements import SharedStatementTable, shared_statements_max, statements_path
+
+            where = statements_path(self.path)
+            try:
+                max_statements = shared_statements_max(where)
+                if max_statements is not None:
+                    self._statements = SharedStatementTable(
+                        where, max_statements, core_type=core_module(self.meter).Statements
+                    )
+            except (OSError, ValueError):  # a table being made, or of another core: none
+                return None
+        return self._statements
+
+    def read(self) -> Reading:
+        """One reading of the meter and its statements."""
+        return read(self.meter, self._statement_table())
+
+    def close(self) -> None:
+        """Give the meter's slot back."""
+        self.meter.close()
 
 
 # -- the command ------------------------------------------------------------------
@@ -380,21 +404,21 @@ def add_top_arguments(top: argparse.ArgumentParser) -> None:
     )
 
 
-def _readings(meter: Any, interval_s: float) -> Iterator[tuple[Reading, Reading]]:
+def _readings(source: Source, interval_s: float) -> Iterator[tuple[Reading, Reading]]:
     """(earlier, later) every ``interval_s``, the first pair one interval after the start."""
-    earlier = read(meter)
+    earlier = source.read()
     deadline = time.monotonic()
     while True:
         deadline += interval_s
         time.sleep(max(0.0, deadline - time.monotonic()))
-        later = read(meter)
+        later = source.read()
         yield earlier, later
         earlier = later
 
 
-def _plain(meter: Any, args: argparse.Namespace, out: TextIO) -> int:
+def _plain(source: Source, args: argparse.Namespace, out: TextIO) -> int:
     count: int | None = 1 if args.once else args.count
-    for reports, (earlier, later) in enumerate(_readings(meter, args.interval), 1):
+    for reports, (earlier, later) in enumerate(_readings(source, args.interval), 1):
         if reports > 1:
             out.write("\n")
         lines = render(args.path, earlier, later, statements=args.statements)
@@ -405,13 +429,13 @@ def _plain(meter: Any, args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _live(meter: Any, args: argparse.Namespace) -> int:
+def _live(source: Source, args: argparse.Namespace) -> int:
     import curses
 
     def view(screen: Any) -> None:
         curses.curs_set(0)
         earlier: Reading | None = None
-        later = read(meter)
+        later = source.read()
 
         def draw() -> None:
             height, width = screen.getmaxyx()
@@ -433,7 +457,7 @@ def _live(meter: Any, args: argparse.Namespace) -> int:
                     return
                 if key == curses.KEY_RESIZE:
                     draw()  # the same figures at the new size
-            earlier, later = later, read(meter)
+            earlier, later = later, source.read()
 
     # Ctrl-C is the other way to quit the view; the wrapper restores the
     # terminal however the view ends.
@@ -445,17 +469,16 @@ def _live(meter: Any, args: argparse.Namespace) -> int:
 def run_top(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     """Run ``querymeter top`` as the arguments ask; returns the exit status."""
     try:
-        meter = open_meter(args.path)
+        source = Source(args.path)
     except TopError as exc:
         print(f"querymeter top: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        plain = args.once or args.count is not None or not sys.stdout.isatty()
-        if plain:
+        if args.once or args.count is not None or not sys.stdout.isatty():
             try:
-                return _plain(meter, args, sys.stdout)
+                return _plain(source, args, sys.stdout)
             except KeyboardInterrupt:
                 return EXIT_INTERRUPTED
-        return _live(meter, args)
+        return _live(source, args)
     finally:
-        _close(meter)
+        source.close()
