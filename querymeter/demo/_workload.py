@@ -3,7 +3,8 @@
 Each worker thread runs a mix of reads and writes through the instrumented
 DB-API driver on one of the demo's databases.  Each concurrency level runs
 for a fixed time and gives one Interval of the meter: one (N, X) point for
-the Universal Scalability Law.
+the Universal Scalability Law.  The runner is :mod:`querymeter.scaling`'s,
+the one a benchmark suite uses.
 
 The workload is written to raise no error on any database: an error in a
 level's count is a fault of the demo, and the first one is kept to show it.
@@ -11,18 +12,16 @@ level's count is a fault of the demo, and the first one is kept to show it.
 
 from __future__ import annotations
 
+import queue
 import random
-import threading
-import time
 from collections.abc import Callable, Generator, Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .. import dbapi
+from .. import dbapi, scaling
 from ..meter import Meter
 from ..readings import Interval
-from ..sampler import Sampler
 from ._targets import CUSTOMERS, PRODUCTS, Database
 
 DEFAULT_LEVELS = (1, 2, 4, 8, 16, 32)
@@ -103,6 +102,50 @@ def _instrumented(module: Any, meter: Meter) -> Iterator[None]:
         dbapi.uninstrument(module)
 
 
+class _Shop:
+    """One level of the shop: a connection and a random stream per worker thread, lent out per call.
+
+    There are as many connections as worker threads, so a call never waits
+    for one: each worker keeps using a connection of its own, as before.
+    """
+
+    def __init__(self, database: Database, threads: int) -> None:
+        self.database = database
+        self._idle: queue.SimpleQueue[tuple[Any, random.Random]] = queue.SimpleQueue()
+        self._connections: list[Any] = []
+        #: The first database error (which the meter counts), as "Type: message".
+        self.first_database_error: str | None = None
+        #: The first error that is not the database's: a fault of the demo, raised after the level.
+        self.failure: BaseException | None = None
+        try:
+            for number in range(threads):
+                connection = database.connect()
+                self._connections.append(connection)
+                self._idle.put((connection, random.Random(number * 7919 + threads)))
+        except BaseException:
+            self.close()
+            raise
+
+    def transaction(self) -> None:
+        connection, rng = self._idle.get()
+        try:
+            _one_transaction(self.database, connection, rng)
+        except Exception as exc:
+            if not _is_database_error(exc):
+                if self.failure is None:
+                    self.failure = exc
+                raise
+            # A database error is data (the meter counts it), not a failed call.
+            if self.first_database_error is None:
+                self.first_database_error = f"{type(exc).__name__}: {exc}".strip()
+        finally:
+            self._idle.put((connection, rng))
+
+    def close(self) -> None:
+        for connection in self._connections:
+            connection.close()
+
+
 def run_levels(
     database: Database,
     meter: Meter,
@@ -112,67 +155,51 @@ def run_levels(
 ) -> Generator[Level, None, None]:
     """Run the workload at each concurrency level in turn, yielding one Level as each ends.
 
-    Each level starts its threads, lets them warm up, then measures for
-    ``duration_s`` seconds.  Worker errors other than the database's own
-    (which the meter counts) stop the run and are raised.
+    The runner is :func:`querymeter.scaling.measure`: each level starts its
+    threads, lets them warm up, then measures for ``duration_s`` seconds.
+    Worker errors other than the database's own (which the meter counts)
+    stop the run and are raised.
     """
+    shops: list[_Shop] = []
+
+    @contextmanager
+    def level(threads: int) -> Iterator[_Shop]:
+        shop = _Shop(database, threads)
+        shops.append(shop)
+        try:
+            yield shop
+        finally:
+            shop.close()
+
+    def report(where: scaling.Progress) -> None:
+        if progress is not None:
+            progress(
+                Progress(
+                    where.level_index,
+                    where.levels,
+                    where.workers,
+                    where.elapsed_s,
+                    where.duration_s,
+                    where.latest,
+                )
+            )
+
     with _instrumented(database.driver(), meter):
-        for index, threads in enumerate(levels):
-            yield _run_level(database, meter, index, len(levels), threads, duration_s, progress)
-
-
-def _run_level(
-    database: Database,
-    meter: Meter,
-    index: int,
-    count: int,
-    threads: int,
-    duration_s: float,
-    progress: Callable[[Progress], None] | None,
-) -> Level:
-    stop = threading.Event()
-    failures: list[BaseException] = []
-    database_errors: list[str] = []
-    connections = [database.connect() for _ in range(threads)]
-
-    def worker(number: int) -> None:
-        rng = random.Random(number * 7919 + threads)
-        connection = connections[number]
-        while not stop.is_set():
-            try:
-                _one_transaction(database, connection, rng)
-            except Exception as exc:  # noqa: BLE001 - a database error is data; ours is not
-                if not _is_database_error(exc):
-                    failures.append(exc)
-                    stop.set()
-                elif not database_errors:  # racy, so a few at most: one per thread
-                    database_errors.append(f"{type(exc).__name__}: {exc}".strip())
-
-    workers = [threading.Thread(target=worker, args=(n,), daemon=True) for n in range(threads)]
-    running: list[threading.Thread] = []
-    try:
-        for thread in workers:
-            thread.start()
-            running.append(thread)
-        time.sleep(WARM_UP_S)
-        before = meter.snapshot()
-        started = time.monotonic()
-        with Sampler(meter, period=0.25) as sampler:
-            while (elapsed := time.monotonic() - started) < duration_s and not failures:
-                if progress is not None:
-                    progress(Progress(index, count, threads, elapsed, duration_s, sampler.latest()))
-                time.sleep(min(0.1, max(0.0, duration_s - elapsed)))
-        after = meter.snapshot()
-    finally:
-        stop.set()
-        # Only those started: Ctrl-C can arrive while they are being started.
-        for thread in running:
-            thread.join()
-        for connection in connections:
-            connection.close()
-    if failures:
-        raise failures[0]
-    return Level(threads, after - before, database_errors[0] if database_errors else None)
+        measured = scaling.measure(
+            _Shop.transaction,
+            levels=levels,
+            duration=duration_s,
+            warmup=WARM_UP_S,
+            meter=meter,
+            setup=level,
+            progress=report,
+        )
+        with closing(measured):
+            for step in measured:
+                shop = shops[-1]
+                if shop.failure is not None:
+                    raise shop.failure
+                yield Level(step.workers, step.interval, shop.first_database_error)
 
 
 def _is_database_error(exc: Exception) -> bool:
