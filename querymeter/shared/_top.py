@@ -21,8 +21,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from ..meter import core_module
 from ..readings import Interval, Snapshot
-from ..statements import StatementsInterval, StatementsSnapshot
+from ..statements import StatementsInterval, StatementsSnapshot, StatementTable
+from ._meter import SharedMeter, SharedMeterError
+from ._statements import SharedStatementTable, shared_statements_max, statements_path
 
 __all__ = [
     "DEFAULT_INTERVAL_S",
@@ -58,8 +61,9 @@ class WorkerReading:
 
     slot: int
     pid: int
-    #: When the worker took the slot (tells a pid reused by another worker apart).
-    started_ns: int
+    #: When the worker took the slot, Unix time in ns: with the pid, names the
+    #: worker's life in the slot (a pid reused by another worker is told apart).
+    opened_wall_ns: int
     snapshot: Snapshot
 
 
@@ -185,10 +189,10 @@ def render(
     clock = time.strftime("%H:%M:%S", time.localtime(later.service.wall_ns / _NS_PER_S))
     span = "first reading" if service is None else f"{duration_ns / _NS_PER_S:.2f} s"
     previous = {} if earlier is None else {w.slot: w for w in earlier.workers}
-    live = {(w.slot, w.pid, w.started_ns) for w in later.workers}
+    live = {(w.slot, w.pid, w.opened_wall_ns) for w in later.workers}
     gone = 0
     if earlier is not None:
-        gone = sum((w.slot, w.pid, w.started_ns) not in live for w in earlier.workers)
+        gone = sum((w.slot, w.pid, w.opened_wall_ns) not in live for w in earlier.workers)
     summary = f"{len(later.workers)} workers"
     if gone:
         summary += f", {gone} gone"
@@ -199,9 +203,9 @@ def render(
         interval: Interval | None = None
         if service is not None:
             before = previous.get(worker.slot)
-            if before is not None and (before.pid, before.started_ns) != (
+            if before is not None and (before.pid, before.opened_wall_ns) != (
                 worker.pid,
-                worker.started_ns,
+                worker.opened_wall_ns,
             ):
                 before = None  # the slot was taken by another worker meanwhile
             if before is None:
@@ -233,14 +237,7 @@ def _statements_between(
 # -- reading a shared meter --------------------------------------------------------
 
 
-def _attribute(value: Any, *names: str) -> Any:
-    for name in names:
-        if hasattr(value, name):
-            return getattr(value, name)
-    raise AttributeError(f"{type(value).__name__} has none of {', '.join(names)}")
-
-
-def read(meter: Any, statements: Any = None) -> Reading:
+def read(meter: SharedMeter, statements: StatementTable | None = None) -> Reading:
     """One reading of a shared meter: the service, each live worker, the statements.
 
     ``statements`` is the meter's shared statement table, if it has one.  The
@@ -250,17 +247,8 @@ def read(meter: Any, statements: Any = None) -> Reading:
     own = os.getpid()
     workers = []
     for slot in meter.slots():
-        pid = int(_attribute(slot, "pid"))
-        if pid == own:
-            continue
-        workers.append(
-            WorkerReading(
-                slot=int(_attribute(slot, "slot", "index")),
-                pid=pid,
-                started_ns=int(_attribute(slot, "started_ns", "start_ns", "start_time")),
-                snapshot=_attribute(slot, "snapshot"),
-            )
-        )
+        if slot.pid != own:
+            workers.append(WorkerReading(slot.slot, slot.pid, slot.opened_wall_ns, slot.snapshot))
     return Reading(service, tuple(workers), None if statements is None else statements.snapshot())
 
 
@@ -280,6 +268,9 @@ def _path_problem(path: str) -> str | None:
         return "it is a directory"
     if not stat.S_ISREG(status.st_mode):
         return "it is not a regular file"
+    if status.st_size == 0:
+        # SharedMeter would make it one; top reads, it makes no meter.
+        return "it is empty: no worker has opened it as a shared meter yet"
     if not os.access(path, os.R_OK | os.W_OK):
         return "cannot open it for reading and writing (a shared meter maps it so)"
     return None
@@ -292,21 +283,18 @@ class Source:
         problem = _path_problem(path)
         if problem is not None:
             raise TopError(f"{path}: {problem}")
-        from ._meter import SharedMeter
-
         self.path = path
         try:
             self.meter = SharedMeter(path)
-        except (OSError, ValueError, RuntimeError) as exc:
-            raise TopError(f"{path}: {exc}") from None
-        self._statements: Any = None
+        except SharedMeterError as exc:  # its message names the path and the problem
+            raise TopError(str(exc)) from None
+        except OSError as exc:
+            raise TopError(f"{path}: {exc.strerror or exc}") from None
+        self._statements: SharedStatementTable | None = None
 
-    def _statement_table(self) -> Any:
+    def _statement_table(self) -> SharedStatementTable | None:
         """The shared statement table, opened once some worker has enabled it."""
         if self._statements is None:
-            from ..meter import core_module
-            from ._statements import SharedStatementTable, shared_statements_max, statements_path
-
             where = statements_path(self.path)
             try:
                 max_statements = shared_statements_max(where)

@@ -34,9 +34,9 @@ def snap(
     )
 
 
-def worker(slot: int, pid: int, started_ns: int, snapshot: Snapshot) -> WorkerReading:
+def worker(slot: int, pid: int, opened_wall_ns: int, snapshot: Snapshot) -> WorkerReading:
     """A live worker's reading."""
-    return WorkerReading(slot=slot, pid=pid, started_ns=started_ns, snapshot=snapshot)
+    return WorkerReading(slot=slot, pid=pid, opened_wall_ns=opened_wall_ns, snapshot=snapshot)
 
 
 def cells(lines: list[str], label: str) -> list[str]:
