@@ -19,6 +19,7 @@ from .readings import Interval, Snapshot
 from .recorder import FlightRecorder
 from .scopes import Scope, current_scope, scope
 from .sessions import Report, Session, overhead, profile
+from .shared import SharedMeter, SharedMeterError
 from .statements import (
     QuerySample,
     StatementsInterval,
@@ -41,6 +42,8 @@ __all__ = [
     "Report",
     "Scope",
     "Session",
+    "SharedMeter",
+    "SharedMeterError",
     "Snapshot",
     "StatementStats",
     "StatementTable",

@@ -19,9 +19,18 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>  /* PyMemberDef, T_PYSSIZET, READONLY on 3.11 */
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sched.h>
+#include <unistd.h>
+#define QM_HAVE_SHM 1
+#endif
 
 #if !defined(__SIZEOF_INT128__)
 #error "querymeter.core._c needs a compiler with 128-bit integers (gcc or clang); the pure-Python core is used instead"
@@ -48,6 +57,70 @@ typedef struct {
     qm_u128 total_ns;     /* sum of response times, up to stamp; 128 bits so
                              that 100 years at concurrency 10,000 stays exact */
 } qm_counters;
+
+/* A query in flight, a node of its meter's list of them: queries begin in
+   time order, so the list's head is the oldest (oldest_in_flight_ns()).  The
+   nodes live in the objects that pair begin and end (a token, a tracker, an
+   awaitable, an iterator) or on the C stack of a call wrapper; the list is
+   circular around a sentinel in the meter, so that a node unlinks without
+   its meter.  next == NULL: not linked.  Guarded by the GIL like the rest. */
+typedef struct qm_node {
+    struct qm_node *prev;
+    struct qm_node *next;
+    int64_t start_ns;
+} qm_node;
+
+/* ---- the shared file (SharedMeter): see querymeter/shared/_meter.py, which
+   creates, checks and initialises it; the layout is fixed (version 1) and the
+   pure-Python core reads the same offsets.  Every field below the lock word
+   is read and written only under the lock, an atomic word holding its
+   owner's token (pid << 32 | the low 32 bits of the process start time, so
+   that a reused pid is not taken for the owner): a process waiting for it
+   takes it over once the owner is dead (shm_lock_slow). */
+#define QM_SHM_VERSION 1
+#define QM_SHM_HEADER_SIZE 4096
+#define QM_SHM_SLOT_SIZE 256
+#define QM_SHM_PROTOCOL_ATOMIC 1
+
+typedef struct {
+    char magic[8];             /* "QMSHARED" */
+    uint32_t version;
+    uint32_t header_size;
+    uint32_t slot_count;
+    uint32_t slot_size;
+    uint64_t file_size;
+    uint32_t lock_protocol;    /* 1: this atomic lock (C core); 2: fcntl (Python core) */
+    uint32_t ready;            /* 1 once initialised */
+    uint8_t boot_id[16];
+    uint64_t meter_id;         /* the service's identity on its readings */
+    _Atomic uint64_t lock;     /* offset 64: the owner's token, 0 when free */
+    uint64_t lock_steals;      /* locks taken over from a dead owner */
+    uint64_t reaped_slots;     /* slots of dead processes settled */
+    uint64_t reaped_queries;   /* their queries in flight, ended as errors */
+    uint64_t claims;           /* slot generations handed out */
+    uint64_t reserved[3];
+    qm_counters service;       /* offset 128: the service's counters */
+} qm_shm_header;
+
+typedef struct {
+    uint32_t state;            /* 0 free, 1 taken */
+    uint32_t pid;
+    uint64_t start_ticks;      /* the process start time, /proc/<pid>/stat field 22 */
+    uint64_t generation;       /* new at each claim: who settles a slot names it */
+    int64_t opened_wall_ns;
+    int64_t oldest_ns;         /* start of the process's oldest query in flight */
+    uint64_t has_oldest;
+    uint64_t reserved[2];
+    qm_counters c;             /* offset 64: the process's own counters */
+} qm_shm_slot;
+
+_Static_assert(offsetof(qm_shm_header, lock) == 64, "shared layout");
+_Static_assert(offsetof(qm_shm_header, service) == 128, "shared layout");
+_Static_assert(sizeof(qm_shm_header) <= QM_SHM_HEADER_SIZE, "shared layout");
+_Static_assert(offsetof(qm_shm_slot, c) == 64, "shared layout");
+_Static_assert(sizeof(qm_shm_slot) <= QM_SHM_SLOT_SIZE, "shared layout");
+_Static_assert(offsetof(qm_counters, total_ns) == 64 && sizeof(qm_counters) == 80,
+               "shared layout");
 
 typedef struct {
     PyTypeObject *meter_type;
@@ -85,20 +158,28 @@ typedef struct {
     PyTypeObject *tracker_type;
     PyTypeObject *timed_type;
     PyObject *weakreflist;
+    qm_node in_flight;   /* sentinel of the list of queries in flight */
+    /* A shared meter: the header and own slot in the mapping (NULL: the
+       counters are `c`), the buffer held while attached, and the token that
+       marks the shared lock as ours. */
+    qm_shm_header *shared;
+    qm_shm_slot *slot;
+    Py_buffer shared_view;
+    uint64_t lock_token;
 } MeterObject;
 
 typedef struct {
     PyObject_HEAD
     uint64_t serial;
     uint64_t epoch;
-    int64_t start_ns;
+    qm_node node;
     int ended;
 } TokenObject;
 
 typedef struct {
     PyObject_HEAD
     MeterObject *meter;
-    int64_t start_ns;
+    qm_node node;
     uint64_t epoch;
     uint64_t elapsed_ns;
     int has_elapsed;  /* whether a block has ended */
@@ -376,13 +457,266 @@ counters_start(qm_counters *c, int64_t now)
     }
 }
 
-/* One query of meter `m`, begun: its start and epoch.  -1, with the
-   exception set, when the clock was interrupted: nothing was begun. */
+/* ---------------------------------------------------- queries in flight */
+
+static inline void
+in_flight_init(MeterObject *m)
+{
+    m->in_flight.next = m->in_flight.prev = &m->in_flight;
+    m->in_flight.start_ns = 0;
+}
+
 static inline int
-query_begin(MeterObject *m, int64_t *start, uint64_t *epoch)
+in_flight_empty(MeterObject *m)
+{
+    return m->in_flight.next == &m->in_flight;
+}
+
+/* Appends: queries begin in time order, so the tail is the newest.  A node
+   on a call wrapper's stack is unlinked by query_end before the call returns,
+   which the compiler cannot see. */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdangling-pointer"
+#endif
+static inline void
+node_link(MeterObject *m, qm_node *node)
+{
+    qm_node *tail = m->in_flight.prev;
+    node->prev = tail;
+    node->next = &m->in_flight;
+    tail->next = node;
+    m->in_flight.prev = node;
+}
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
+#pragma GCC diagnostic pop
+#endif
+
+static inline void
+node_unlink(qm_node *node)
+{
+    if (node->next != NULL) {
+        node->prev->next = node->next;
+        node->next->prev = node->prev;
+        node->next = node->prev = NULL;
+    }
+}
+
+/* Empties the list without ending its queries: after a reset (fork) the old
+   nodes belong to queries the new epoch never saw, and some of them sit on
+   the stacks of threads that do not exist in a forked child. */
+static void
+in_flight_forget(MeterObject *m)
+{
+    qm_node *node = m->in_flight.next;
+    while (node != NULL && node != &m->in_flight) {
+        qm_node *next = node->next;
+        node->next = node->prev = NULL;
+        node = next;
+    }
+    in_flight_init(m);
+}
+
+/* ------------------------------------------------------- the shared lock */
+
+#ifdef QM_HAVE_SHM
+static inline qm_shm_slot *
+shm_slot_at(qm_shm_header *h, uint32_t index)
+{
+    return (qm_shm_slot *)((char *)h + h->header_size + (size_t)index * h->slot_size);
+}
+
+/* The process start time (clock ticks after boot, field 22 of
+   /proc/<pid>/stat) and whether it is a zombie; 0 if unknown. */
+static uint64_t
+shm_start_ticks(uint32_t pid, int *zombie)
+{
+    char path[64], buf[1024];
+    *zombie = 0;
+    snprintf(path, sizeof(path), "/proc/%u/stat", (unsigned)pid);
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        return 0;
+    }
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')');
+    if (p == NULL || p[1] == '\0') {
+        return 0;
+    }
+    p += 2;  /* field 3, the state */
+    *zombie = (*p == 'Z' || *p == 'X');
+    for (int field = 3; field < 22 && *p; field++) {
+        p = strchr(p, ' ');
+        if (p == NULL) {
+            return 0;
+        }
+        p++;
+    }
+    return strtoull(p, NULL, 10);
+}
+
+/* Whether the process holding the lock with this token is gone: no such
+   pid, a zombie, or a pid reused by a process that started later. */
+static int
+shm_owner_dead(uint64_t token)
+{
+    uint32_t pid = (uint32_t)(token >> 32);
+    if (pid == 0) {
+        return 1;
+    }
+    if (kill((pid_t)pid, 0) == -1 && errno == ESRCH) {
+        return 1;
+    }
+    int zombie = 0;
+    uint64_t ticks = shm_start_ticks(pid, &zombie);
+    if (zombie) {
+        return 1;
+    }
+    return ticks != 0 && (uint32_t)ticks != (uint32_t)token;
+}
+
+/* This process's token; made anew in a forked child (another pid). */
+static uint64_t
+shm_own_token(void)
+{
+    static uint32_t cached_pid = 0;
+    static uint64_t cached_token = 0;
+    uint32_t pid = (uint32_t)getpid();
+    if (pid != cached_pid) {
+        int zombie = 0;
+        uint64_t ticks = shm_start_ticks(pid, &zombie);
+        cached_token = ((uint64_t)pid << 32) | (uint32_t)ticks;
+        cached_pid = pid;
+    }
+    return cached_token;
+}
+
+/* After taking the lock over from a dead owner: the service's concurrency
+   is the sum of the slots', whatever update the owner left half-done. */
+static void
+shm_repair(qm_shm_header *h)
+{
+    int64_t concurrency = 0;
+    for (uint32_t i = 0; i < h->slot_count; i++) {
+        qm_shm_slot *s = shm_slot_at(h, i);
+        if (s->state == 1 && s->c.concurrency > 0) {
+            concurrency += s->c.concurrency;
+        }
+    }
+    h->service.concurrency = concurrency;
+    h->lock_steals += 1;
+}
+
+static void
+shm_lock_slow(qm_shm_header *h, uint64_t me)
+{
+    unsigned spins = 0;
+    int64_t checked = monotonic_ns();
+    for (;;) {
+        uint64_t expected = 0;
+        if (atomic_load_explicit(&h->lock, memory_order_relaxed) == 0
+            && atomic_compare_exchange_weak_explicit(&h->lock, &expected, me,
+                                                     memory_order_acquire,
+                                                     memory_order_relaxed)) {
+            return;
+        }
+        if (++spins < 200) {
+#if defined(__x86_64__) || defined(__i386__)
+            __builtin_ia32_pause();
+#endif
+            continue;
+        }
+        sched_yield();
+        int64_t now = monotonic_ns();
+        if (now - checked < 10000000) {  /* every 10 ms: is the owner alive? */
+            continue;
+        }
+        checked = now;
+        uint64_t owner = atomic_load_explicit(&h->lock, memory_order_relaxed);
+        /* Our own token while we wait: left by this process's past (a
+           thread that held it cannot exist, the GIL orders our sections). */
+        if (owner != 0 && (owner == me || shm_owner_dead(owner))) {
+            expected = owner;
+            if (atomic_compare_exchange_strong_explicit(&h->lock, &expected, me,
+                                                        memory_order_acquire,
+                                                        memory_order_relaxed)) {
+                shm_repair(h);
+                return;
+            }
+        }
+    }
+}
+
+static inline void
+shm_lock(qm_shm_header *h, uint64_t me)
+{
+    uint64_t expected = 0;
+    if (!atomic_compare_exchange_strong_explicit(&h->lock, &expected, me, memory_order_acquire,
+                                                 memory_order_relaxed)) {
+        shm_lock_slow(h, me);
+    }
+}
+
+static inline void
+shm_unlock(qm_shm_header *h)
+{
+    atomic_store_explicit(&h->lock, 0, memory_order_release);
+}
+
+/* begin and end on the service's counters and the slot's, under the lock.
+   The slot's stamp never passes the service's: both advance to the same
+   settled reading. */
+static int64_t
+shm_begin(MeterObject *m, int64_t now)
+{
+    qm_shm_header *h = m->shared;
+    qm_shm_slot *s = m->slot;
+    shm_lock(h, m->lock_token);
+    now = settle(&h->service, now);
+    advance(&h->service, now);
+    h->service.concurrency += 1;
+    advance(&s->c, now);
+    s->c.concurrency += 1;
+    if (in_flight_empty(m)) {
+        s->oldest_ns = now;
+        s->has_oldest = 1;
+    }
+    shm_unlock(h);
+    return now;
+}
+
+/* Ends a query; the node is already unlinked, so the list's head is the
+   process's oldest query still in flight. */
+static uint64_t
+shm_end(MeterObject *m, int64_t now, int64_t start, int error)
+{
+    qm_shm_header *h = m->shared;
+    qm_shm_slot *s = m->slot;
+    shm_lock(h, m->lock_token);
+    now = settle(&h->service, now);
+    (void)counters_end(&h->service, now, start, error);
+    (void)counters_end(&s->c, now, start, error);
+    if (in_flight_empty(m)) {
+        s->has_oldest = 0;
+    }
+    else {
+        s->oldest_ns = m->in_flight.next->start_ns;
+    }
+    shm_unlock(h);
+    return elapsed_since(now, start);
+}
+#endif
+
+/* One query of meter `m`, begun: its start (in the node, linked into the
+   meter's list) and epoch.  -1, with the exception set, when the clock was
+   interrupted: nothing was begun. */
+static inline int
+query_begin(MeterObject *m, qm_node *node, uint64_t *epoch)
 {
     if (!qm_enabled) {
-        *start = 0;
+        node->start_ns = 0;
         *epoch = QM_UNCOUNTED;
         return 0;
     }
@@ -391,7 +725,16 @@ query_begin(MeterObject *m, int64_t *start, uint64_t *epoch)
     if (interrupted) {
         return -1;
     }
-    *start = counters_begin(&m->c, now);
+#ifdef QM_HAVE_SHM
+    if (m->shared != NULL) {
+        node->start_ns = shm_begin(m, now);
+    }
+    else
+#endif
+    {
+        node->start_ns = counters_begin(&m->c, now);
+    }
+    node_link(m, node);
     *epoch = m->epoch;
     return 0;
 }
@@ -401,7 +744,7 @@ query_begin(MeterObject *m, int64_t *start, uint64_t *epoch)
    epoch never saw it begin.  -1, with the exception set, when the clock was
    interrupted: the query has ended all the same. */
 static inline int
-query_end(MeterObject *m, int64_t start, uint64_t epoch, int error, uint64_t *elapsed)
+query_end(MeterObject *m, qm_node *node, uint64_t epoch, int error, uint64_t *elapsed)
 {
     if (epoch == QM_UNCOUNTED) {
         if (elapsed != NULL) {
@@ -413,10 +756,19 @@ query_end(MeterObject *m, int64_t start, uint64_t epoch, int error, uint64_t *el
     int64_t now = meter_clock(m, &interrupted);
     uint64_t took;
     if (epoch == m->epoch) {
-        took = counters_end(&m->c, now, start, error);
+        node_unlink(node);
+#ifdef QM_HAVE_SHM
+        if (m->shared != NULL) {
+            took = shm_end(m, now, node->start_ns, error);
+        }
+        else
+#endif
+        {
+            took = counters_end(&m->c, now, node->start_ns, error);
+        }
     }
     else {
-        took = elapsed_since(now, start);
+        took = elapsed_since(now, node->start_ns);
     }
     if (elapsed != NULL) {
         *elapsed = took;
@@ -543,12 +895,12 @@ observing(MeterObject *m)
    meter counted it and observes anything.  -1 with an exception set if the
    clock or the observing was interrupted; the query has ended all the same. */
 static int
-query_end_observed(MeterObject *m, int64_t start, uint64_t epoch, int error,
+query_end_observed(MeterObject *m, qm_node *node, uint64_t epoch, int error,
                    uint64_t *elapsed_out, const statement_ref *st, PyObject *error_type)
 {
     uint64_t elapsed = 0;
     int counted = epoch == m->epoch;
-    int status = query_end(m, start, epoch, error, &elapsed);
+    int status = query_end(m, node, epoch, error, &elapsed);
     if (elapsed_out != NULL) {
         *elapsed_out = elapsed;
     }
@@ -561,6 +913,18 @@ query_end_observed(MeterObject *m, int64_t start, uint64_t epoch, int error,
 }
 
 /* ------------------------------------------------------------ MeterCore */
+
+/* Stops counting into a shared file (without settling its slot: that is the
+   file's business) and lets go of the mapping. */
+static void
+meter_detach(MeterObject *m)
+{
+    if (m->shared != NULL) {
+        m->shared = NULL;
+        m->slot = NULL;
+        PyBuffer_Release(&m->shared_view);
+    }
+}
 
 /* tp_new sets up everything the hot path needs, so that a meter whose
    __init__ was skipped still counts (with the built-in clock). */
@@ -589,6 +953,10 @@ meter_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwa
     self->epoch = 0;
     self->meter_id = 0;
     self->initialized = 0;
+    self->shared = NULL;
+    self->slot = NULL;
+    self->lock_token = 0;
+    in_flight_init(self);
     counters_start(&self->c, monotonic_ns());
     return (PyObject *)self;
 }
@@ -663,6 +1031,8 @@ meter_dealloc(MeterObject *self)
         PyObject_ClearWeakRefs((PyObject *)self);
     }
     meter_clear(self);
+    meter_detach(self);
+    in_flight_forget(self);
     Py_CLEAR(self->token_type);
     Py_CLEAR(self->tracker_type);
     Py_CLEAR(self->timed_type);
@@ -680,7 +1050,8 @@ meter_begin(MeterObject *self, PyObject *Py_UNUSED(ignored))
     }
     token->serial = self->serial;
     token->ended = 0;
-    if (query_begin(self, &token->start_ns, &token->epoch) < 0) {
+    token->node.next = token->node.prev = NULL;
+    if (query_begin(self, &token->node, &token->epoch) < 0) {
         /* Nothing begun: the token must not be endable. */
         token->ended = 1;
         Py_DECREF(token);
@@ -744,7 +1115,7 @@ meter_end(MeterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
        another thread could try to end the same token meanwhile. */
     token->ended = 1;
     uint64_t elapsed = 0;
-    if (query_end_observed(self, token->start_ns, token->epoch, error, &elapsed, NULL, NULL) < 0) {
+    if (query_end_observed(self, &token->node, token->epoch, error, &elapsed, NULL, NULL) < 0) {
         return NULL;
     }
     return PyLong_FromUnsignedLongLong(elapsed);
@@ -773,6 +1144,12 @@ meter_read(MeterObject *self, PyObject *cls_obj)
        this one but applied after it can then never hand back time reported
        here, and the counters stay monotonic. */
     qm_counters *c = &self->c;
+#ifdef QM_HAVE_SHM
+    if (self->shared != NULL) {
+        c = &self->shared->service;
+        shm_lock(self->shared, self->lock_token);
+    }
+#endif
     now = settle(c, now);
     advance(c, now);
     uint64_t uptime = (uint64_t)now - (uint64_t)c->start_ns;
@@ -781,6 +1158,11 @@ meter_read(MeterObject *self, PyObject *cls_obj)
     uint64_t queries = c->queries;
     uint64_t errors = c->errors;
     int64_t concurrency = c->concurrency;
+#ifdef QM_HAVE_SHM
+    if (self->shared != NULL) {
+        shm_unlock(self->shared);
+    }
+#endif
     int64_t wall = wall_ns();
     uint64_t meter_id = self->meter_id;
     /* End of the critical section: only now build Python objects. */
@@ -815,6 +1197,342 @@ done:
     return result;
 }
 
+
+/* ------------------------------------------------- the shared file's API */
+
+/* The oldest query in flight: its age in ns, or None.  For a shared meter,
+   the oldest of every process attached to the file. */
+static PyObject *
+meter_oldest_in_flight(MeterObject *self, PyObject *Py_UNUSED(ignored))
+{
+    int interrupted = 0;
+    int64_t now = meter_clock(self, &interrupted);
+    if (interrupted) {
+        return NULL;
+    }
+    int found = 0;
+    int64_t oldest = 0;
+#ifdef QM_HAVE_SHM
+    if (self->shared != NULL) {
+        qm_shm_header *h = self->shared;
+        shm_lock(h, self->lock_token);
+        for (uint32_t i = 0; i < h->slot_count; i++) {
+            qm_shm_slot *s = shm_slot_at(h, i);
+            if (s->state == 1 && s->has_oldest && s->c.concurrency > 0
+                && (!found || s->oldest_ns < oldest)) {
+                oldest = s->oldest_ns;
+                found = 1;
+            }
+        }
+        shm_unlock(h);
+    }
+    else
+#endif
+    if (!in_flight_empty(self)) {
+        oldest = self->in_flight.next->start_ns;
+        found = 1;
+    }
+    if (!found) {
+        Py_RETURN_NONE;
+    }
+    if (now == QM_NO_READING) {
+        now = self->c.stamp_ns;
+    }
+    return PyLong_FromUnsignedLongLong(elapsed_since(now, oldest));
+}
+
+#ifdef QM_HAVE_SHM
+/* The header of a mapping laid out as a shared file for this core, with
+   `view` held; NULL with ValueError when it is not one (the Python side
+   checks the file first and explains; this guards the memory). */
+static qm_shm_header *
+shm_header_of(PyObject *mapping, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(mapping, view, PyBUF_WRITABLE) < 0) {
+        return NULL;
+    }
+    qm_shm_header *h = (qm_shm_header *)view->buf;
+    if (view->len < QM_SHM_HEADER_SIZE || ((uintptr_t)view->buf & 63) != 0
+        || memcmp(h->magic, "QMSHARED", 8) != 0 || h->version != QM_SHM_VERSION
+        || h->header_size != QM_SHM_HEADER_SIZE || h->slot_size != QM_SHM_SLOT_SIZE
+        || h->lock_protocol != QM_SHM_PROTOCOL_ATOMIC
+        || h->file_size != (uint64_t)view->len
+        || h->file_size != (uint64_t)h->header_size + (uint64_t)h->slot_count * h->slot_size) {
+        PyBuffer_Release(view);
+        PyErr_SetString(PyExc_ValueError, "not a shared meter mapping of the C core's layout");
+        return NULL;
+    }
+    return h;
+}
+
+static int
+shm_ints(PyObject *const *args, Py_ssize_t nargs, Py_ssize_t want, const char *name,
+            long long *out)
+{
+    if (nargs != want) {
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)", name, want, nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 2; i < nargs; i++) {
+        out[i - 2] = PyLong_AsLongLong(args[i]);
+        if (out[i - 2] == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
+
+/* _share(mapping, fd, slot, meter_id): count into the shared file's service
+   counters and slot `slot` (claimed by _shared_claim) from now on; queries in
+   flight before go inert, as after _reset. */
+static PyObject *
+meter_share(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long ints[2];
+    if (shm_ints(args, nargs, 4, "_share", ints) < 0) {
+        return NULL;
+    }
+    if (self->clock != NULL) {
+        PyErr_SetString(PyExc_ValueError, "a shared meter reads the built-in clock only");
+        return NULL;
+    }
+    Py_buffer view;
+    qm_shm_header *h = shm_header_of(args[0], &view);
+    if (h == NULL) {
+        return NULL;
+    }
+    if (ints[0] < 0 || (unsigned long long)ints[0] >= h->slot_count
+        || shm_slot_at(h, (uint32_t)ints[0])->state != 1) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "_share() needs a slot taken by _shared_claim()");
+        return NULL;
+    }
+    meter_detach(self);
+    in_flight_forget(self);
+    self->shared_view = view;
+    self->shared = h;
+    self->slot = shm_slot_at(h, (uint32_t)ints[0]);
+    self->lock_token = shm_own_token();
+    self->epoch += 1;
+    self->meter_id = (uint64_t)ints[1];
+    Py_RETURN_NONE;
+}
+
+/* _shared_claim(mapping, fd, pid, start_ticks, wall_ns) -> (slot, generation)
+   or None when every slot is taken. */
+static PyObject *
+module_shared_claim(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long ints[3];
+    if (shm_ints(args, nargs, 5, "_shared_claim", ints) < 0) {
+        return NULL;
+    }
+    Py_buffer view;
+    qm_shm_header *h = shm_header_of(args[0], &view);
+    if (h == NULL) {
+        return NULL;
+    }
+    int64_t now = monotonic_ns();
+    long long found = -1;
+    uint64_t generation = 0;
+    shm_lock(h, shm_own_token());
+    now = settle(&h->service, now);
+    advance(&h->service, now);
+    for (uint32_t i = 0; i < h->slot_count; i++) {
+        qm_shm_slot *s = shm_slot_at(h, i);
+        if (s->state == 0) {
+            memset(s, 0, sizeof(*s));
+            s->pid = (uint32_t)ints[0];
+            s->start_ticks = (uint64_t)ints[1];
+            s->opened_wall_ns = (int64_t)ints[2];
+            s->generation = generation = ++h->claims;
+            counters_start(&s->c, now);
+            s->state = 1;
+            found = i;
+            break;
+        }
+    }
+    shm_unlock(h);
+    PyBuffer_Release(&view);
+    if (found < 0) {
+        Py_RETURN_NONE;
+    }
+    return Py_BuildValue("(LK)", found, (unsigned long long)generation);
+}
+
+/* _shared_settle(mapping, fd, slot, generation, dead) -> int: frees the slot
+   if it is still that generation's, its queries in flight ended now as errors
+   (counted as reaped if `dead`); how many there were, -1 if the slot had
+   been settled already. */
+static PyObject *
+module_shared_settle(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long ints[3];
+    if (shm_ints(args, nargs, 5, "_shared_settle", ints) < 0) {
+        return NULL;
+    }
+    Py_buffer view;
+    qm_shm_header *h = shm_header_of(args[0], &view);
+    if (h == NULL) {
+        return NULL;
+    }
+    if (ints[0] < 0 || (unsigned long long)ints[0] >= h->slot_count) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_IndexError, "slot index out of range");
+        return NULL;
+    }
+    int64_t now = monotonic_ns();
+    long long settled = -1;
+    qm_shm_slot *s = shm_slot_at(h, (uint32_t)ints[0]);
+    shm_lock(h, shm_own_token());
+    if (s->state == 1 && s->generation == (uint64_t)ints[1]) {
+        now = settle(&h->service, now);
+        advance(&h->service, now);
+        advance(&s->c, now);
+        int64_t n = s->c.concurrency > 0 ? s->c.concurrency : 0;
+        h->service.concurrency -= n;
+        if (h->service.concurrency < 0) {
+            h->service.concurrency = 0;
+        }
+        h->service.queries += (uint64_t)n;
+        h->service.errors += (uint64_t)n;
+        if (ints[2]) {
+            h->reaped_slots += 1;
+            h->reaped_queries += (uint64_t)n;
+        }
+        s->state = 0;
+        s->has_oldest = 0;
+        settled = n;
+    }
+    shm_unlock(h);
+    PyBuffer_Release(&view);
+    return PyLong_FromLongLong(settled);
+}
+
+typedef struct {
+    uint32_t index, pid;
+    uint64_t start_ticks, generation;
+    int64_t opened_wall_ns, oldest_ns;
+    int has_oldest;
+    uint64_t uptime, queries, errors, busy;
+    int64_t concurrency;
+    qm_u128 total;
+} qm_slot_copy;
+
+static PyObject *
+reading_tuple(uint64_t uptime, uint64_t queries, uint64_t errors, int64_t concurrency,
+              qm_u128 total, uint64_t busy, int64_t wall, uint64_t meter_id)
+{
+    PyObject *total_obj = u128_to_pylong(total);
+    if (total_obj == NULL) {
+        return NULL;
+    }
+    return Py_BuildValue("(KKKLNKLK)", (unsigned long long)uptime, (unsigned long long)queries,
+                         (unsigned long long)errors, (long long)concurrency, total_obj,
+                         (unsigned long long)busy, (long long)wall,
+                         (unsigned long long)meter_id);
+}
+
+/* _shared_read(mapping, fd) -> (service, slots, (lock_steals, reaped_slots,
+   reaped_queries)): the service's reading and every taken slot's, all at
+   one instant, each caught up to it.  A reading is (uptime_ns, queries,
+   errors, concurrency, total_ns, busy_ns, wall_ns, meter_id); a slot is
+   (index, pid, start_ticks, generation, opened_wall_ns, oldest_age_ns or
+   None, reading). */
+static PyObject *
+module_shared_read(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    long long ints[1];
+    if (shm_ints(args, nargs, 2, "_shared_read", ints) < 0) {
+        return NULL;
+    }
+    Py_buffer view;
+    qm_shm_header *h = shm_header_of(args[0], &view);
+    if (h == NULL) {
+        return NULL;
+    }
+    qm_slot_copy *copies = PyMem_Malloc(sizeof(qm_slot_copy) * (h->slot_count + 1));
+    if (copies == NULL) {
+        PyBuffer_Release(&view);
+        return PyErr_NoMemory();
+    }
+    uint32_t taken = 0;
+    int64_t now = monotonic_ns();
+    shm_lock(h, shm_own_token());
+    now = settle(&h->service, now);
+    advance(&h->service, now);
+    qm_counters service = h->service;
+    uint64_t meter_id = h->meter_id;
+    uint64_t extras[3] = {h->lock_steals, h->reaped_slots, h->reaped_queries};
+    for (uint32_t i = 0; i < h->slot_count; i++) {
+        qm_shm_slot *s = shm_slot_at(h, i);
+        if (s->state != 1) {
+            continue;
+        }
+        advance(&s->c, now);
+        qm_slot_copy *c = &copies[taken++];
+        c->index = i;
+        c->pid = s->pid;
+        c->start_ticks = s->start_ticks;
+        c->generation = s->generation;
+        c->opened_wall_ns = s->opened_wall_ns;
+        c->has_oldest = s->has_oldest && s->c.concurrency > 0;
+        c->oldest_ns = s->oldest_ns;
+        c->uptime = (uint64_t)now - (uint64_t)s->c.start_ns;
+        c->queries = s->c.queries;
+        c->errors = s->c.errors;
+        c->busy = s->c.busy_ns;
+        c->concurrency = s->c.concurrency;
+        c->total = s->c.total_ns;
+    }
+    shm_unlock(h);
+    PyBuffer_Release(&view);
+    int64_t wall = wall_ns();
+
+    PyObject *result = NULL, *slots = NULL;
+    PyObject *reading = reading_tuple((uint64_t)now - (uint64_t)service.start_ns, service.queries,
+                                      service.errors, service.concurrency, service.total_ns,
+                                      service.busy_ns, wall, meter_id);
+    if (reading == NULL || (slots = PyTuple_New(taken)) == NULL) {
+        goto done;
+    }
+    for (uint32_t k = 0; k < taken; k++) {
+        qm_slot_copy *c = &copies[k];
+        /* Each slot's readings are of its own: an identity of the file, the
+           slot and the generation. */
+        uint64_t slot_id = (meter_id ^ (c->generation * 0x9E3779B97F4A7C15ULL)) & INT64_MAX;
+        PyObject *own = reading_tuple(c->uptime, c->queries, c->errors, c->concurrency, c->total,
+                                      c->busy, wall, slot_id);
+        PyObject *age = c->has_oldest
+                            ? PyLong_FromUnsignedLongLong(elapsed_since(now, c->oldest_ns))
+                            : Py_NewRef(Py_None);
+        PyObject *item = NULL;
+        if (own != NULL && age != NULL) {
+            item = Py_BuildValue("(IIKKLNN)", c->index, c->pid,
+                                 (unsigned long long)c->start_ticks,
+                                 (unsigned long long)c->generation, (long long)c->opened_wall_ns,
+                                 age, own);
+        }
+        else {
+            Py_XDECREF(own);
+            Py_XDECREF(age);
+        }
+        if (item == NULL) {
+            goto done;
+        }
+        PyTuple_SET_ITEM(slots, k, item);
+    }
+    result = Py_BuildValue("(OO(KKK))", reading, slots, (unsigned long long)extras[0],
+                           (unsigned long long)extras[1], (unsigned long long)extras[2]);
+done:
+    Py_XDECREF(reading);
+    Py_XDECREF(slots);
+    PyMem_Free(copies);
+    return result;
+}
+#endif
+
 static PyObject *
 meter_reset(MeterObject *self, PyObject *meter_id_obj)
 {
@@ -828,6 +1546,8 @@ meter_reset(MeterObject *self, PyObject *meter_id_obj)
     }
     int interrupted = 0;
     int64_t now = meter_clock(self, &interrupted);
+    meter_detach(self);
+    in_flight_forget(self);
     counters_start(&self->c, now);
     self->epoch += 1;
     self->meter_id = (uint64_t)meter_id;
@@ -867,7 +1587,8 @@ meter_track(MeterObject *self, PyObject *args, PyObject *kwargs)
         return NULL;
     }
     tracker->meter = (MeterObject *)Py_NewRef(self);
-    tracker->start_ns = 0;
+    tracker->node.next = tracker->node.prev = NULL;
+    tracker->node.start_ns = 0;
     tracker->epoch = 0;
     tracker->elapsed_ns = 0;
     tracker->has_elapsed = 0;
@@ -971,13 +1692,13 @@ meter_call(MeterObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         PyErr_SetString(PyExc_TypeError, "_call() missing required argument 'func'");
         return NULL;
     }
-    int64_t start;
+    qm_node node;
     uint64_t epoch;
-    if (query_begin(self, &start, &epoch) < 0) {
+    if (query_begin(self, &node, &epoch) < 0) {
         return NULL;
     }
     PyObject *result = PyObject_Vectorcall(args[0], args + 1, (size_t)(nargs - 1), kwnames);
-    if (query_end_observed(self, start, epoch, result == NULL, NULL, NULL, NULL) < 0) {
+    if (query_end_observed(self, &node, epoch, result == NULL, NULL, NULL, NULL) < 0) {
         Py_XDECREF(result);
         return NULL;
     }
@@ -999,9 +1720,9 @@ meter_call_statement(MeterObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (check_dialect(dialect) < 0 || check_layout(args[1], &layout) < 0) {
         return NULL;
     }
-    int64_t start;
+    qm_node node;
     uint64_t epoch;
-    if (query_begin(self, &start, &epoch) < 0) {
+    if (query_begin(self, &node, &epoch) < 0) {
         return NULL;
     }
     PyObject *const *call_args = args + 3;
@@ -1012,7 +1733,7 @@ meter_call_statement(MeterObject *self, PyObject *const *args, Py_ssize_t nargs,
     if (observing(self)) {
         stp = statement_of_call(dialect, layout, call_args, call_nargs, kwnames, &st);
     }
-    if (query_end_observed(self, start, epoch, result == NULL, NULL, stp, NULL) < 0) {
+    if (query_end_observed(self, &node, epoch, result == NULL, NULL, stp, NULL) < 0) {
         Py_XDECREF(result);
         return NULL;
     }
@@ -1155,6 +1876,15 @@ static PyMethodDef meter_methods[] = {
     {"_read", (PyCFunction)meter_read, METH_O,
      PyDoc_STR("_read(cls) -> cls((uptime_ns, queries, errors, concurrency, "
                "total_ns, busy_ns, wall_ns, meter_id))")},
+    {"oldest_in_flight_ns", (PyCFunction)meter_oldest_in_flight, METH_NOARGS,
+     PyDoc_STR("oldest_in_flight_ns() -> int | None\n\n"
+               "Age in ns of the oldest query still in flight (of every process, for a "
+               "shared meter); None when none is.")},
+#ifdef QM_HAVE_SHM
+    {"_share", (PyCFunction)(void (*)(void))meter_share, METH_FASTCALL,
+     PyDoc_STR("_share(mapping, fd, slot, meter_id) -> None\n\n"
+               "Count into a shared file's service counters and slot from now on.")},
+#endif
     {"_reset", (PyCFunction)meter_reset, METH_O,
      PyDoc_STR("_reset(meter_id) -> None\n\n"
                "Start again from zero under a new identity; tokens from before go inert.")},
@@ -1192,6 +1922,9 @@ static void
 token_dealloc(TokenObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
+    /* A token dropped without end(): its query stays in the concurrency, as
+       it always did, but its node must leave the list before its memory goes. */
+    node_unlink(&self->node);
     PyObject_Free(self);
     Py_DECREF(tp);
 }
@@ -1200,7 +1933,7 @@ static PyObject *
 token_repr(TokenObject *self)
 {
     return PyUnicode_FromFormat("<querymeter token started at %lld ns%s>",
-                                (long long)self->start_ns, self->ended ? ", ended" : "");
+                                (long long)self->node.start_ns, self->ended ? ", ended" : "");
 }
 
 static PyType_Slot token_slots[] = {
@@ -1244,6 +1977,7 @@ tracker_dealloc(TrackerObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
+    node_unlink(&self->node);
     tracker_clear(self);
     PyObject_GC_Del(self);
     Py_DECREF(tp);
@@ -1265,7 +1999,7 @@ tracker_enter(TrackerObject *self, PyObject *Py_UNUSED(ignored))
     /* State changes before the clock runs, as in end(). */
     self->entered = 1;
     self->has_elapsed = 0;
-    if (query_begin(m, &self->start_ns, &self->epoch) < 0) {
+    if (query_begin(m, &self->node, &self->epoch) < 0) {
         self->entered = 0;
         return NULL;
     }
@@ -1288,7 +2022,7 @@ tracker_exit(TrackerObject *self, PyObject *const *args, Py_ssize_t nargs)
     int error = args[0] != Py_None;
     self->entered = 0;
     statement_ref st = {self->dialect, self->sql, NULL, NULL};
-    int status = query_end_observed(self->meter, self->start_ns, self->epoch, error,
+    int status = query_end_observed(self->meter, &self->node, self->epoch, error,
                                     &self->elapsed_ns, &st, error ? args[0] : NULL);
     self->has_elapsed = 1;
     if (status < 0) {
@@ -1354,9 +2088,9 @@ timed_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
                    : PyObject_Vectorcall(self->func, args, nargsf, kwnames);
     }
     MeterObject *m = self->meter;
-    int64_t start;
+    qm_node node;
     uint64_t epoch;
-    if (query_begin(m, &start, &epoch) < 0) {
+    if (query_begin(m, &node, &epoch) < 0) {
         return NULL;
     }
 
@@ -1374,7 +2108,7 @@ timed_vectorcall(PyObject *op, PyObject *const *args, size_t nargsf, PyObject *k
         stp = statement_of_call(self->dialect, self->layout, args, PyVectorcall_NARGS(nargsf),
                                 kwnames, &st);
     }
-    if (query_end_observed(m, start, epoch, result == NULL, NULL, stp, NULL) < 0) {
+    if (query_end_observed(m, &node, epoch, result == NULL, NULL, stp, NULL) < 0) {
         Py_XDECREF(result);
         return NULL;
     }
@@ -1581,7 +2315,7 @@ typedef struct {
     PyObject *statement;              /* (dialect, sql, params) or NULL */
     int mode;
     int state;
-    int64_t start_ns;
+    qm_node node;
     uint64_t epoch;
 } AwaitingObject;
 
@@ -1592,7 +2326,7 @@ struct AsyncIteratingObject {
     PyObject *statement;              /* (dialect, sql, params) or NULL */
     PyTypeObject *awaiting_type;
     int state;
-    int64_t start_ns;
+    qm_node node;
     uint64_t epoch;
 };
 
@@ -1604,7 +2338,7 @@ async_iterating_finish(AsyncIteratingObject *self, int error)
     self->state = DONE;
     if (running) {
         statement_ref st;
-        return query_end_observed(self->meter, self->start_ns, self->epoch, error, NULL,
+        return query_end_observed(self->meter, &self->node, self->epoch, error, NULL,
                                   statement_of_tuple(self->statement, &st), NULL);
     }
     return 0;
@@ -1640,7 +2374,7 @@ awaiting_start(AwaitingObject *self, PyObject **result)
         return -1;
     }
     if (self->mode == MODE_QUERY) {
-        if (query_begin(self->meter, &self->start_ns, &self->epoch) < 0) {
+        if (query_begin(self->meter, &self->node, &self->epoch) < 0) {
             Py_DECREF(iterator);
             return -1;
         }
@@ -1648,7 +2382,7 @@ awaiting_start(AwaitingObject *self, PyObject **result)
     else {
         AsyncIteratingObject *owner = self->owner;
         if (owner->state == NOT_STARTED) {
-            if (query_begin(owner->meter, &owner->start_ns, &owner->epoch) < 0) {
+            if (query_begin(owner->meter, &owner->node, &owner->epoch) < 0) {
                 Py_DECREF(iterator);
                 return -1;
             }
@@ -1673,7 +2407,7 @@ awaiting_finish(AwaitingObject *self, int raised)
     }
     if (self->mode == MODE_QUERY) {
         statement_ref st;
-        return query_end_observed(self->meter, self->start_ns, self->epoch, raised, NULL,
+        return query_end_observed(self->meter, &self->node, self->epoch, raised, NULL,
                                   statement_of_tuple(self->statement, &st), NULL);
     }
     if (!raised) {
@@ -1783,7 +2517,7 @@ awaiting_close(AwaitingObject *self, PyObject *Py_UNUSED(ignored))
     if (running) {
         if (self->mode == MODE_QUERY) {
             statement_ref st;
-            status = query_end_observed(self->meter, self->start_ns, self->epoch, 1, NULL,
+            status = query_end_observed(self->meter, &self->node, self->epoch, 1, NULL,
                                         statement_of_tuple(self->statement, &st), NULL);
         }
         else {
@@ -1836,11 +2570,12 @@ awaiting_dealloc(AwaitingObject *self)
     if (self->state == RUNNING && self->mode == MODE_QUERY && self->meter != NULL) {
         self->state = DONE;
         statement_ref st;
-        if (query_end_observed(self->meter, self->start_ns, self->epoch, 1, NULL,
+        if (query_end_observed(self->meter, &self->node, self->epoch, 1, NULL,
                                statement_of_tuple(self->statement, &st), NULL) < 0) {
             PyErr_WriteUnraisable((PyObject *)self);
         }
     }
+    node_unlink(&self->node);
     awaiting_clear(self);
     PyObject_GC_Del(self);
     Py_DECREF(tp);
@@ -1870,7 +2605,8 @@ new_awaiting(PyTypeObject *type, MeterObject *meter, PyObject *awaitable,
     self->statement = Py_XNewRef(statement);
     self->mode = mode;
     self->state = NOT_STARTED;
-    self->start_ns = 0;
+    self->node.next = self->node.prev = NULL;
+    self->node.start_ns = 0;
     self->epoch = 0;
     PyObject_GC_Track(self);
     return (PyObject *)self;
@@ -1926,7 +2662,7 @@ typedef struct {
     PyObject *iterator;
     PyObject *statement;  /* (dialect, sql, params) or NULL */
     int state;
-    int64_t start_ns;
+    qm_node node;
     uint64_t epoch;
 } IteratingObject;
 
@@ -1938,7 +2674,7 @@ iterating_finish(IteratingObject *self, int error)
     self->state = DONE;
     if (running) {
         statement_ref st;
-        return query_end_observed(self->meter, self->start_ns, self->epoch, error, NULL,
+        return query_end_observed(self->meter, &self->node, self->epoch, error, NULL,
                                   statement_of_tuple(self->statement, &st), NULL);
     }
     return 0;
@@ -1951,7 +2687,7 @@ iterating_iternext(IteratingObject *self)
         return NULL;
     }
     if (self->state == NOT_STARTED) {
-        if (query_begin(self->meter, &self->start_ns, &self->epoch) < 0) {
+        if (query_begin(self->meter, &self->node, &self->epoch) < 0) {
             return NULL;
         }
         self->state = RUNNING;
@@ -2024,6 +2760,7 @@ iterating_dealloc(IteratingObject *self)
             PyErr_WriteUnraisable((PyObject *)self);
         }
     }
+    node_unlink(&self->node);
     iterating_clear(self);
     PyObject_GC_Del(self);
     Py_DECREF(tp);
@@ -2053,7 +2790,8 @@ meter_iterating(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
     it->iterator = iterator;
     it->statement = Py_XNewRef(statement);
     it->state = NOT_STARTED;
-    it->start_ns = 0;
+    it->node.next = it->node.prev = NULL;
+    it->node.start_ns = 0;
     it->epoch = 0;
     PyObject_GC_Track(it);
     return (PyObject *)it;
@@ -2156,6 +2894,7 @@ async_iterating_dealloc(AsyncIteratingObject *self)
             PyErr_WriteUnraisable((PyObject *)self);
         }
     }
+    node_unlink(&self->node);
     async_iterating_clear(self);
     Py_CLEAR(self->awaiting_type);
     PyObject_GC_Del(self);
@@ -2189,7 +2928,8 @@ meter_async_iterating(MeterObject *self, PyObject *const *args, Py_ssize_t nargs
     it->statement = Py_XNewRef(statement);
     it->awaiting_type = (PyTypeObject *)Py_NewRef(state->awaiting_type);
     it->state = NOT_STARTED;
-    it->start_ns = 0;
+    it->node.next = it->node.prev = NULL;
+    it->node.start_ns = 0;
     it->epoch = 0;
     PyObject_GC_Track(it);
     return (PyObject *)it;
@@ -2999,6 +3739,16 @@ static PyMethodDef module_methods[] = {
      PyDoc_STR("_enter_scope(focus, tags) -> (scope, token)\n\nA new innermost scope.")},
     {"_exit_scope", (PyCFunction)module_exit_scope, METH_O,
      PyDoc_STR("_exit_scope(token) -> None\n\nBack to the scope current at its enter.")},
+#ifdef QM_HAVE_SHM
+    {"_shared_claim", (PyCFunction)(void (*)(void))module_shared_claim, METH_FASTCALL,
+     PyDoc_STR("_shared_claim(mapping, fd, pid, start_ticks, wall_ns) -> (slot, generation) "
+               "or None")},
+    {"_shared_settle", (PyCFunction)(void (*)(void))module_shared_settle, METH_FASTCALL,
+     PyDoc_STR("_shared_settle(mapping, fd, slot, generation, dead) -> int")},
+    {"_shared_read", (PyCFunction)(void (*)(void))module_shared_read, METH_FASTCALL,
+     PyDoc_STR("_shared_read(mapping, fd) -> (service, slots, (lock_steals, reaped_slots, "
+               "reaped_queries))")},
+#endif
     {"_current_scope", (PyCFunction)module_current_scope, METH_NOARGS,
      PyDoc_STR("_current_scope() -> Scope | None\n\nThe innermost scope of the context.")},
     {NULL, NULL, 0, NULL},

@@ -20,6 +20,7 @@ connection, say) can run inside one and wait for the lock its thread holds.
 
 from __future__ import annotations
 
+import fcntl
 import inspect
 import itertools
 import os
@@ -169,6 +170,7 @@ class MeterCore:
         "_concurrency",
         "_epoch",
         "_errors",
+        "_in_flight",
         "_initialized",
         "_lock",
         "_meter_id",
@@ -176,6 +178,7 @@ class MeterCore:
         "_sampling",
         "_serial",
         "_session_focus",
+        "_shared",
         "_session_sampling",
         "_session_statements",
         "_stamp_ns",
@@ -190,6 +193,7 @@ class MeterCore:
     _concurrency: int
     _epoch: int
     _errors: int
+    _in_flight: list[int]
     _initialized: bool
     _lock: threading.Lock
     _meter_id: int
@@ -199,6 +203,7 @@ class MeterCore:
     _session_focus: Any
     _session_sampling: Sampling | None
     _session_statements: Statements | None
+    _shared: _SharedCounters | None
     _statements: Statements | None
     _stamp_ns: int
     _start_ns: int
@@ -219,6 +224,7 @@ class MeterCore:
         self._serial = next(_serials)
         self._epoch = 0
         self._meter_id = 0
+        self._shared = None
         self._start(_monotonic_ns())
         return self
 
@@ -255,6 +261,10 @@ class MeterCore:
         self._errors = 0
         self._busy_ns = 0
         self._total_ns = 0
+        # The start times of the queries in flight: they begin in time order,
+        # so the first is the oldest's.  A list, not a dict: reading its head
+        # and removing from it allocate nothing the garbage collector tracks.
+        self._in_flight = []
 
     def _now(self) -> int:
         clock = self._clock
@@ -298,11 +308,23 @@ class MeterCore:
         return now
 
     def _begin_locked(self, now: int) -> int:
-        now = self._advance(now)
-        self._concurrency += 1
+        shared = self._shared
+        in_flight = self._in_flight
+        if shared is not None:
+            now = shared.begin(now, not in_flight)
+        else:
+            now = self._advance(now)
+            self._concurrency += 1
+        in_flight.append(now)
         return now
 
     def _end_locked(self, now: int, start_ns: int, error: bool) -> int:
+        in_flight = self._in_flight
+        if start_ns in in_flight:
+            in_flight.remove(start_ns)
+        shared = self._shared
+        if shared is not None:
+            return shared.end(now, start_ns, error, in_flight[0] if in_flight else None)
         now = self._advance(now)
         # Never below zero, whatever a caller did (as in C).
         if self._concurrency > 0:
@@ -589,6 +611,11 @@ class MeterCore:
         if not (isinstance(cls, type) and issubclass(cls, tuple)):
             raise TypeError("_read() needs a tuple subclass")
         reading = self._injected_reading()
+        shared = self._shared
+        if shared is not None:
+            with self._lock:
+                service = shared.read_service()
+            return _tuple_new(cls, (*service, _wall_ns(), self._meter_id))
         with self._lock:
             # Catch up to `now` exactly as begin would, and commit it: a reading
             # applied later can then never hand back time reported here.
@@ -617,7 +644,45 @@ class MeterCore:
         self._lock = threading.Lock()
         reading = self._injected_reading()
         with self._lock:
+            self._detach()
             self._start(_monotonic_ns() if reading is None else reading)
+            self._epoch += 1
+            self._meter_id = int(meter_id)
+
+    def _detach(self) -> None:
+        shared, self._shared = self._shared, None
+        if shared is not None:
+            shared.release()
+
+    def oldest_in_flight_ns(self) -> int | None:
+        """oldest_in_flight_ns() -> int | None
+
+        Age in ns of the oldest query still in flight (of every process, for a shared meter); None when none is.
+        """
+        reading = self._injected_reading()
+        with self._lock:
+            now = _monotonic_ns() if reading is None else reading
+            shared = self._shared
+            if shared is not None:
+                oldest = shared.oldest()
+            else:
+                oldest = self._in_flight[0] if self._in_flight else None
+            if now == _NO_READING:
+                now = self._stamp_ns
+        return None if oldest is None else _elapsed_since(now, oldest)
+
+    def _share(self, mapping: Any, fd: int, slot: int, meter_id: int) -> None:
+        """_share(mapping, fd, slot, meter_id) -> None
+
+        Count into a shared file's service counters and slot from now on.
+        """
+        if self._clock is not None:
+            raise ValueError("a shared meter reads the built-in clock only")
+        shared = _SharedCounters(mapping, fd, slot)
+        with self._lock:
+            self._detach()
+            self._start(_monotonic_ns())
+            self._shared = shared
             self._epoch += 1
             self._meter_id = int(meter_id)
 
@@ -1225,3 +1290,336 @@ class Occupancies:
             for i in range(0, len(copy), width)
         )
         return uptime, wall, rows
+
+
+# ------------------------------------------------------ the shared file
+#
+# The layout of querymeter/shared/_meter.py's file, in 64-bit words (see the
+# structs in _c.c): the header's fields, the service's counters at word 16,
+# each slot's own counters at its word 8.  A file of the pure-Python core
+# (lock protocol 2) is guarded by an fcntl record lock on the lock word,
+# taken under a process-wide thread lock (a record lock does not exclude the
+# threads of its own process); the kernel drops it when its process dies.
+
+_SHM_HEADER_SIZE = 4096
+_SHM_SLOT_SIZE = 256
+_SHM_PROTOCOL_FCNTL = 2
+_SHM_LOCK_OFFSET = 64
+_W_FILE_SIZE = 3
+_W_PROTOCOL = 4  # lock_protocol (low half) and ready (high half)
+_W_SLOTS = 2  # slot_count is the low half of word 2
+_W_STEALS, _W_REAPED_SLOTS, _W_REAPED_QUERIES, _W_CLAIMS = 9, 10, 11, 12
+_W_SERVICE = 16
+# Within a block of counters (qm_counters):
+_C_START, _C_STAMP, _C_STARTED, _C_CONCURRENCY = 0, 1, 2, 3
+_C_QUERIES, _C_ERRORS, _C_BUSY, _C_TOTAL_LO, _C_TOTAL_HI = 4, 5, 6, 8, 9
+# Within a slot:
+_S_STATE_PID, _S_TICKS, _S_GENERATION, _S_OPENED, _S_OLDEST, _S_HAS_OLDEST = 0, 1, 2, 3, 4, 5
+_S_COUNTERS = 8
+_MASK64 = _U64 - 1
+
+_shm_thread_lock = threading.Lock()
+
+
+def _shm_after_fork_in_child() -> None:
+    global _shm_thread_lock
+    _shm_thread_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_shm_after_fork_in_child)
+
+
+class _ShmLocked:
+    """The shared file's lock, held for one critical section."""
+
+    __slots__ = ("_fd", "_thread_lock")
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._thread_lock = _shm_thread_lock
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_EX, 8, _SHM_LOCK_OFFSET)
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.lockf(self._fd, fcntl.LOCK_UN, 8, _SHM_LOCK_OFFSET)
+        finally:
+            self._thread_lock.release()
+
+
+def _shm_views(mapping: Any) -> tuple[memoryview, memoryview, int]:
+    """Signed and unsigned 64-bit views of a shared file's mapping, and its slot count."""
+    view = memoryview(mapping)
+    try:
+        if view.readonly or len(view) < _SHM_HEADER_SIZE or bytes(view[:8]) != b"QMSHARED":
+            raise ValueError("not a shared meter mapping of the pure-Python core's layout")
+        signed = view.cast("q")
+        unsigned = view.cast("Q")
+    finally:
+        view.release()
+    slots = unsigned[_W_SLOTS] & 0xFFFFFFFF
+    if (
+        unsigned[_W_PROTOCOL] & 0xFFFFFFFF != _SHM_PROTOCOL_FCNTL
+        or unsigned[_W_FILE_SIZE] != len(unsigned) * 8
+        or unsigned[_W_FILE_SIZE] != _SHM_HEADER_SIZE + slots * _SHM_SLOT_SIZE
+    ):
+        signed.release()
+        unsigned.release()
+        raise ValueError("not a shared meter mapping of the pure-Python core's layout")
+    return signed, unsigned, slots
+
+
+def _shm_slot_word(index: int) -> int:
+    return (_SHM_HEADER_SIZE + index * _SHM_SLOT_SIZE) // 8
+
+
+def _shm_settle(signed: memoryview, now: int) -> int:
+    """The reading to use for the service: never before its stamp."""
+    stamp = signed[_W_SERVICE + _C_STAMP]
+    return now if now > stamp else stamp
+
+
+def _shm_advance(signed: memoryview, unsigned: memoryview, base: int, now: int) -> None:
+    """Bring one block of counters' busy and total up to ``now``; commit it as the stamp."""
+    concurrency = signed[base + _C_CONCURRENCY]
+    if concurrency > 0:
+        elapsed = now - signed[base + _C_STAMP]
+        unsigned[base + _C_BUSY] = (unsigned[base + _C_BUSY] + elapsed) & _MASK64
+        total = unsigned[base + _C_TOTAL_LO] | unsigned[base + _C_TOTAL_HI] << 64
+        total += elapsed * concurrency
+        unsigned[base + _C_TOTAL_LO] = total & _MASK64
+        unsigned[base + _C_TOTAL_HI] = (total >> 64) & _MASK64
+    signed[base + _C_STAMP] = now
+
+
+def _shm_end_block(
+    signed: memoryview, unsigned: memoryview, base: int, now: int, count: int, errors: int
+) -> None:
+    _shm_advance(signed, unsigned, base, now)
+    concurrency = signed[base + _C_CONCURRENCY]
+    signed[base + _C_CONCURRENCY] = concurrency - count if concurrency > count else 0
+    unsigned[base + _C_QUERIES] += count
+    unsigned[base + _C_ERRORS] += errors
+
+
+def _shm_total(unsigned: memoryview, base: int) -> int:
+    return int(unsigned[base + _C_TOTAL_LO] | unsigned[base + _C_TOTAL_HI] << 64)
+
+
+class _SharedCounters:
+    """A meter's counters in a shared file: the service's and its own slot's."""
+
+    __slots__ = ("_fd", "_signed", "_slot", "_slots", "_unsigned")
+
+    def __init__(self, mapping: Any, fd: int, slot: int) -> None:
+        signed, unsigned, slots = _shm_views(mapping)
+        if not isinstance(slot, int) or not 0 <= slot < slots or (
+            unsigned[_shm_slot_word(slot)] & 0xFFFFFFFF
+        ) != 1:
+            signed.release()
+            unsigned.release()
+            raise ValueError("_share() needs a slot taken by _shared_claim()")
+        self._signed = signed
+        self._unsigned = unsigned
+        self._slots = slots
+        self._slot = _shm_slot_word(slot)
+        self._fd = fd
+
+    def release(self) -> None:
+        self._signed.release()
+        self._unsigned.release()
+
+    def begin(self, now: int, first: bool) -> int:
+        signed, unsigned, slot = self._signed, self._unsigned, self._slot
+        with _ShmLocked(self._fd):
+            now = _shm_settle(signed, now)
+            _shm_advance(signed, unsigned, _W_SERVICE, now)
+            signed[_W_SERVICE + _C_CONCURRENCY] += 1
+            _shm_advance(signed, unsigned, slot + _S_COUNTERS, now)
+            signed[slot + _S_COUNTERS + _C_CONCURRENCY] += 1
+            if first:
+                signed[slot + _S_OLDEST] = now
+                unsigned[slot + _S_HAS_OLDEST] = 1
+        return now
+
+    def end(self, now: int, start_ns: int, error: bool, oldest: int | None) -> int:
+        signed, unsigned, slot = self._signed, self._unsigned, self._slot
+        failed = 1 if error else 0
+        with _ShmLocked(self._fd):
+            now = _shm_settle(signed, now)
+            _shm_end_block(signed, unsigned, _W_SERVICE, now, 1, failed)
+            _shm_end_block(signed, unsigned, slot + _S_COUNTERS, now, 1, failed)
+            if oldest is None:
+                unsigned[slot + _S_HAS_OLDEST] = 0
+            else:
+                signed[slot + _S_OLDEST] = oldest
+        return _elapsed_since(now, start_ns)
+
+    def read_service(self) -> tuple[int, int, int, int, int, int]:
+        """(uptime_ns, queries, errors, concurrency, total_ns, busy_ns) of the service, now."""
+        signed, unsigned = self._signed, self._unsigned
+        base = _W_SERVICE
+        with _ShmLocked(self._fd):
+            now = _shm_settle(signed, _monotonic_ns())
+            _shm_advance(signed, unsigned, base, now)
+            uptime = now - signed[base + _C_START]
+            queries = unsigned[base + _C_QUERIES]
+            errors = unsigned[base + _C_ERRORS]
+            concurrency = signed[base + _C_CONCURRENCY]
+            total = _shm_total(unsigned, base)
+            busy = unsigned[base + _C_BUSY]
+        return uptime, queries, errors, concurrency, total, busy
+
+    def oldest(self) -> int | None:
+        """The start of the oldest query in flight in any process, or None."""
+        signed, unsigned = self._signed, self._unsigned
+        oldest = None
+        with _ShmLocked(self._fd):
+            for index in range(self._slots):
+                word = _shm_slot_word(index)
+                if (
+                    unsigned[word] & 0xFFFFFFFF == 1
+                    and unsigned[word + _S_HAS_OLDEST]
+                    and signed[word + _S_COUNTERS + _C_CONCURRENCY] > 0
+                ):
+                    start = signed[word + _S_OLDEST]
+                    if oldest is None or start < oldest:
+                        oldest = start
+        return oldest
+
+
+def _shared_claim(mapping: Any, fd: int, pid: int, start_ticks: int, wall_ns: int) -> Any:
+    """_shared_claim(mapping, fd, pid, start_ticks, wall_ns) -> (slot, generation) or None"""
+    signed, unsigned, slots = _shm_views(mapping)
+    try:
+        with _ShmLocked(fd):
+            now = _shm_settle(signed, _monotonic_ns())
+            _shm_advance(signed, unsigned, _W_SERVICE, now)
+            for index in range(slots):
+                word = _shm_slot_word(index)
+                if unsigned[word] & 0xFFFFFFFF == 0:
+                    for offset in range(_SHM_SLOT_SIZE // 8):
+                        unsigned[word + offset] = 0
+                    unsigned[word + _S_TICKS] = start_ticks
+                    signed[word + _S_OPENED] = wall_ns
+                    generation = unsigned[_W_CLAIMS] + 1
+                    unsigned[_W_CLAIMS] = generation
+                    unsigned[word + _S_GENERATION] = generation
+                    base = word + _S_COUNTERS
+                    signed[base + _C_START] = signed[base + _C_STAMP] = now
+                    signed[base + _C_STARTED] = 1
+                    unsigned[word] = 1 | pid << 32
+                    return index, generation
+            return None
+    finally:
+        signed.release()
+        unsigned.release()
+
+
+def _shared_settle(mapping: Any, fd: int, slot: int, generation: int, dead: int) -> int:
+    """_shared_settle(mapping, fd, slot, generation, dead) -> int"""
+    signed, unsigned, slots = _shm_views(mapping)
+    try:
+        if not 0 <= slot < slots:
+            raise IndexError("slot index out of range")
+        word = _shm_slot_word(slot)
+        with _ShmLocked(fd):
+            if unsigned[word] & 0xFFFFFFFF != 1 or unsigned[word + _S_GENERATION] != generation:
+                return -1
+            now = _shm_settle(signed, _monotonic_ns())
+            _shm_advance(signed, unsigned, _W_SERVICE, now)
+            _shm_advance(signed, unsigned, word + _S_COUNTERS, now)
+            count = max(signed[word + _S_COUNTERS + _C_CONCURRENCY], 0)
+            _shm_end_block(signed, unsigned, _W_SERVICE, now, count, count)
+            if dead:
+                unsigned[_W_REAPED_SLOTS] += 1
+                unsigned[_W_REAPED_QUERIES] += count
+            unsigned[word] = 0
+            unsigned[word + _S_HAS_OLDEST] = 0
+            return int(count)
+    finally:
+        signed.release()
+        unsigned.release()
+
+
+def _shared_read(mapping: Any, fd: int) -> Any:
+    """_shared_read(mapping, fd) -> (service, slots, (lock_steals, reaped_slots, reaped_queries))"""
+    signed, unsigned, slots = _shm_views(mapping)
+    # Allocated before the lock, filled under it: nothing the garbage
+    # collector tracks is made inside (a finalizer could wait for the lock).
+    words = _SHM_SLOT_SIZE // 8
+    first = _SHM_HEADER_SIZE // 8
+    copy = [0] * (slots * words)
+    header = [0] * 16
+    service_words = [0] * 10
+    service_unsigned = [0] * 10
+    try:
+        with _ShmLocked(fd):
+            now = _shm_settle(signed, _monotonic_ns())
+            _shm_advance(signed, unsigned, _W_SERVICE, now)
+            for word in range(16):
+                header[word] = unsigned[word]
+            for word in range(10):
+                service_words[word] = signed[_W_SERVICE + word]
+                service_unsigned[word] = unsigned[_W_SERVICE + word]
+            for index in range(slots):
+                word = first + index * words
+                if unsigned[word] & 0xFFFFFFFF == 1:
+                    _shm_advance(signed, unsigned, word + _S_COUNTERS, now)
+                    at = index * words
+                    for offset in range(words):
+                        copy[at + offset] = signed[word + offset]
+        wall = _wall_ns()
+    finally:
+        signed.release()
+        unsigned.release()
+    meter_id = header[7]
+    service = (
+        now - service_words[_C_START],
+        service_unsigned[_C_QUERIES],
+        service_unsigned[_C_ERRORS],
+        service_words[_C_CONCURRENCY],
+        service_unsigned[_C_TOTAL_LO] | service_unsigned[_C_TOTAL_HI] << 64,
+        service_unsigned[_C_BUSY],
+        wall,
+        meter_id,
+    )
+    taken = []
+    for index in range(slots):
+        at = index * words
+        state_pid = copy[at] & _MASK64
+        if state_pid & 0xFFFFFFFF != 1:
+            continue
+        base = at + _S_COUNTERS
+        generation = copy[at + _S_GENERATION] & _MASK64
+        concurrency = copy[base + _C_CONCURRENCY]
+        has_oldest = copy[at + _S_HAS_OLDEST] and concurrency > 0
+        own = (
+            now - copy[base + _C_START],
+            copy[base + _C_QUERIES] & _MASK64,
+            copy[base + _C_ERRORS] & _MASK64,
+            concurrency,
+            (copy[base + _C_TOTAL_LO] & _MASK64) | (copy[base + _C_TOTAL_HI] & _MASK64) << 64,
+            copy[base + _C_BUSY] & _MASK64,
+            wall,
+            (meter_id ^ (generation * 0x9E3779B97F4A7C15 & _MASK64)) & (2**63 - 1),
+        )
+        taken.append(
+            (
+                index,
+                state_pid >> 32,
+                copy[at + _S_TICKS] & _MASK64,
+                generation,
+                copy[at + _S_OPENED],
+                _elapsed_since(now, copy[at + _S_OLDEST]) if has_oldest else None,
+                own,
+            )
+        )
+    return service, tuple(taken), (header[_W_STEALS], header[_W_REAPED_SLOTS], header[_W_REAPED_QUERIES])
