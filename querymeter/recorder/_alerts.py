@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _faults
 from ..readings import Interval
-from ._baseline import Anomaly, RecorderLike, _duration, _utc, anomalies
+from ._baseline import Anomaly, RecorderLike, _duration, _utc, anomalies_since
 
 if TYPE_CHECKING:
     from ..markers import Marker

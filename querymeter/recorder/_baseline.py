@@ -539,8 +539,21 @@ def anomalies(
         if isinstance(since, bool) or not isinstance(since, numbers.Real):
             raise TypeError(f"since must be a Unix time in seconds, got {type(since).__name__}")
         since_ns = round(float(since) * _NS_PER_S)
-    held = steps(recorder, chosen, window)
-    reference = _baseline_of(held, chosen, top, width)
+    return anomalies_since(recorder, chosen, window, top, width, lookback, since_ns)
+
+
+def anomalies_since(
+    recorder: RecorderLike,
+    resolution: float,
+    window: float | None,
+    top: int,
+    width: float,
+    lookback: float,
+    since_ns: int | None,
+) -> list[Anomaly]:
+    """:func:`anomalies` with checked arguments, and ``since`` in Unix ns."""
+    held = steps(recorder, resolution, window)
+    reference = _baseline_of(held, resolution, top, width)
     checked = held if since_ns is None else [s for s in held if s.end_wall_ns > since_ns]
     return outside(reference, checked, recorder.markers(), lookback=lookback)
 
