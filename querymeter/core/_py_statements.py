@@ -276,7 +276,7 @@ class Statements:
         self._max_statements = max_statements
         self._cache_limit = cache_limit
         self._entries: dict[str, _Entry] = {}
-        self._caches: dict[str | None, dict[Any, _Entry]] = {}
+        self._caches: dict[str | None, dict[Any, Any]] = {}  # text -> _Entry, or (index, serial)
         self._evicted = _Entry("(evicted)", "", 0)
         self._untexted = _Entry("(no statement text)", "", 0)
         self._dropped = 0
@@ -761,7 +761,7 @@ class _Shared:
         at = keys
         end = keys + 8 * self.n
         while True:
-            at = region.find(needle, at, end)
+            at = int(region.find(needle, at, end))
             if at < 0:
                 return -1
             if (at - keys) % 8 == 0:

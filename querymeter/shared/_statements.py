@@ -15,6 +15,7 @@ makes, checks and maps the file.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import mmap
 import os
@@ -181,7 +182,7 @@ def _open(path: str, max_statements: int, lock_kind: int) -> tuple[int, mmap.mma
 
 
 def shared_statements_max(path: str | os.PathLike[str]) -> int | None:
-    """The ``max_statements`` of the shared statement table at ``path``, or None if there is none."""
+    """The ``max_statements`` of the shared statement table at ``path``; None if there is none."""
     path = os.fspath(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
@@ -246,10 +247,8 @@ class SharedStatementTable(StatementTable):
 
 
 def _release(fd: int, region: mmap.mmap) -> None:
-    try:
+    with contextlib.suppress(BufferError):  # a core still maps it: closed with the core
         region.close()
-    except BufferError:  # a core still maps it: closed with the core
-        pass
     os.close(fd)
 
 
