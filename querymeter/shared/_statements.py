@@ -20,6 +20,7 @@ import fcntl
 import mmap
 import os
 import secrets
+import threading
 import time
 import weakref
 from typing import Any
@@ -227,6 +228,7 @@ class SharedStatementTable(StatementTable):
         #: Unix time the table was made, ns.
         self.started_wall_ns = header[7]
         self._core = self._new_core(statements_type)
+        _tables.add(self)
 
     def _new_core(self, statements_type: Any) -> Any:
         cache_limit = max(_MIN_CACHE, _CACHE_PER_STATEMENT * self.max_statements)
@@ -234,16 +236,31 @@ class SharedStatementTable(StatementTable):
             _identify_shared, self.max_statements, cache_limit, self._region, self._fd
         )
 
-    def _after_fork_in_child(self) -> None:
-        """A forked child records through a core of its own (its own cache and lock)
-        over the same mapping, which it inherited."""
-        self._core = self._new_core(type(self._core))
-
     def __repr__(self) -> str:
         return (
             f"<SharedStatementTable {self.path!r} statements={len(self)} "
             f"max_statements={self.max_statements}>"
         )
+
+
+# Every table open in this process, for the fork handler.
+_tables: weakref.WeakSet[SharedStatementTable] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A forked child keeps the mapping, its caches (each entry checked by its
+    # record's serial) and the table: the meter's counters are the service's,
+    # so are its statements.  The pure-Python core's thread lock may have been
+    # held by a thread of the parent: made anew (fcntl locks are not inherited;
+    # the C core's lock word names the child's own pid from now on).
+    for table in list(_tables):
+        core = table._core
+        if hasattr(core, "_lock"):
+            core._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _release(fd: int, region: mmap.mmap) -> None:

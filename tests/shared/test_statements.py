@@ -20,6 +20,7 @@ from querymeter import dbapi, fingerprint
 from querymeter.core import _py_statements as layout
 from querymeter.meter import Meter as MeterType
 from querymeter.meter import meter_class
+from querymeter.shared import shared_meter_class
 from querymeter.shared._statements import (
     RECORD_SIZE,
     SharedStatementTable,
@@ -356,13 +357,12 @@ def test_a_process_killed_mid_update_is_rolled_back(implementation: str, path: s
 
 
 def test_a_forked_child_records_into_the_same_table(implementation: str, path: str) -> None:
-    """After fork, the child records through its own core over the mapping it inherited."""
+    """After fork, the child records into the table and mapping it inherited, as its parent."""
     table = shared_table(implementation, path, 10)
     table._core._record("SELECT 1", None, 10, False, 1)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         try:
-            table._after_fork_in_child()
             table._core._record("SELECT 1", None, 10, False, 1)
             table._core._record("SELECT 2, 3", None, 10, False, 1)
         finally:
@@ -386,3 +386,41 @@ def test_a_meter_counts_into_the_shared_table(Meter: type[MeterType], path: str)
     assert reading.calls == counters.queries == 20
     assert reading.total_ns == counters.total_ns
     meter.disable_statements()
+
+
+# ------------------------------------------------------------ a SharedMeter
+
+
+def shared_worker(implementation: str, meter_path: str, seed: int) -> dict[str, int]:
+    """Opens the shared meter, runs queries on SQLite through the hooks, closes it."""
+    with shared_meter_class(implementation)(meter_path) as meter:
+        meter.enable_statements(100)
+        connection = dbapi.wrap_connection(sqlite3.connect(":memory:"), meter=meter)
+        ran: Counter[str] = Counter()
+        rng = random.Random(seed)
+        for i in range(200):
+            sql = rng.choice([f"SELECT {i}", f"SELECT {i} FROM {PREFIX}_missing", "SELECT 1, 2"])
+            with contextlib.suppress(sqlite3.OperationalError):
+                connection.execute(sql).fetchall()
+            ran[fingerprint(sql, "sqlite")] += 1
+        connection.close()
+    return dict(ran)
+
+
+def test_totals_equal_the_shared_meters(implementation: str, tmp_path: Path) -> None:
+    """Across processes, the table's calls, errors and time are the shared meter's counters."""
+    meter_path = str(tmp_path / "service.querymeter")
+    with multiprocessing.get_context("fork").Pool(3) as pool:
+        ran = pool.starmap(shared_worker, [(implementation, meter_path, seed) for seed in range(5)])
+    with shared_meter_class(implementation)(meter_path) as meter:
+        table = meter.enable_statements(100)
+        assert isinstance(table, SharedStatementTable)
+        assert table.path == statements_path(meter_path)
+        reading, counters = table.snapshot(), meter.snapshot()
+    expected: Counter[str] = Counter()
+    for one in ran:
+        expected.update(one)
+    assert {s.fingerprint: s.calls for s in reading} == dict(expected)
+    assert reading.calls == counters.queries == 5 * 200
+    assert reading.errors == counters.errors > 0
+    assert reading.total_ns == counters.total_ns
