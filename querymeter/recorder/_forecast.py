@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 import math
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .. import usl
 from ..trends import MIN_POINTS, Trend, trend
@@ -50,30 +50,33 @@ MIN_USL_R_SQUARED = 0.8
 class Horizon:
     """When a limit is reached at the current growth.
 
-    ``what``: ``"utilization"``, ``"pool"`` or ``"peak"``; ``description``
-    says it in words.  ``throughput`` is the throughput at which the limit
-    is reached (queries/s).  ``seconds`` is the estimate from now (the end
-    of the recorder's history); ``earliest`` and ``latest`` come from the
-    growth's upper and lower bounds.  ``0`` means it is reached already;
-    ``math.inf`` that it is not reached at that growth (flat or shrinking).
+    ``what``: ``"utilization"``, ``"pool"`` or ``"peak"``; ``phrases`` say it
+    in words (reached in the future, already, never).  ``throughput`` is the
+    throughput at which the limit is reached (queries/s).  ``seconds`` is
+    the estimate from now (the end of the recorder's history); ``earliest``
+    and ``latest`` come from the growth's upper and lower bounds.  ``0``
+    means it is reached already; ``math.inf`` that it is not reached at that
+    growth (flat or shrinking).
     """
 
     what: str
-    description: str
     throughput: float
     seconds: float
     earliest: float
     latest: float
+    phrases: tuple[str, str, str] = field(repr=False)
 
     def __str__(self) -> str:
+        future, already, never = self.phrases
         if self.seconds == 0.0:
-            return f"{self.description} is reached already"
+            return already
         if math.isinf(self.seconds):
-            return f"{self.description} is not reached at this growth"
+            if math.isinf(self.earliest):
+                return never
+            return f"{never} (at its upper bound, in {_duration(self.earliest)})"
         latest = "never" if math.isinf(self.latest) else _duration(self.latest)
         return (
-            f"{self.description} in about {_duration(self.seconds)} "
-            f"({_duration(self.earliest)} to {latest})"
+            f"{future} in about {_duration(self.seconds)} ({_duration(self.earliest)} to {latest})"
         )
 
 
@@ -87,7 +90,7 @@ class Forecast:
     and ``concurrency`` (now, from them) describe the present.  ``model`` is
     the USL model when the steps held enough concurrency levels, else None.
     ``horizons``: the utilization's, then the pool's (when ``pool`` was
-    given), then the model's peak (when there is a model with a finite peak).
+    given), then the model's peak (when there is a model with coherency, kappa > 0).
     """
 
     growth: Trend
@@ -178,16 +181,18 @@ def scalability_model(held: list[Step]) -> usl.Model | None:
     return model
 
 
-def _horizon(what: str, description: str, limit: float, now: float, growth: Trend) -> Horizon:
+def _horizon(
+    what: str, phrases: tuple[str, str, str], limit: float, now: float, growth: Trend
+) -> Horizon:
     if now >= limit:
-        return Horizon(what, description, limit, 0.0, 0.0, 0.0)
+        return Horizon(what, limit, 0.0, 0.0, 0.0, phrases)
     needed = math.log(limit / now)
 
     def after(rate: float) -> float:
         return needed / rate if rate > 0.0 and math.isfinite(rate) else math.inf
 
     earliest = 0.0 if math.isinf(growth.high) else after(growth.high)
-    return Horizon(what, description, limit, after(growth.slope), earliest, after(growth.low))
+    return Horizon(what, limit, after(growth.slope), earliest, after(growth.low), phrases)
 
 
 def forecast(
@@ -240,15 +245,13 @@ def forecast(
 
     horizons = []
     if service_time > 0.0:
-        horizons.append(
-            _horizon(
-                "utilization",
-                f"utilization reaches {target * 100:g} %",
-                target / service_time,
-                throughput,
-                growth,
-            )
+        level_text = f"{target * 100:g} %"
+        phrases = (
+            f"utilization reaches {level_text}",
+            f"utilization is at {level_text} or above already",
+            f"utilization does not reach {level_text} at this growth",
         )
+        horizons.append(_horizon("utilization", phrases, target / service_time, throughput, growth))
     if pool is not None:
         if model is not None:
             filled = min(float(pool), model.peak_concurrency)
@@ -256,22 +259,26 @@ def forecast(
         else:
             limit = pool / response_time if response_time > 0.0 else math.inf
         if math.isfinite(limit):
-            horizons.append(
-                _horizon(
-                    "pool", f"the pool ({pool} connections) saturates", limit, throughput, growth
-                )
+            name = f"the pool ({pool} connection{'' if pool == 1 else 's'})"
+            phrases = (
+                f"{name} saturates",
+                f"{name} is saturated already",
+                f"{name} does not saturate at this growth",
             )
-    if model is not None and math.isfinite(model.max_throughput):
-        horizons.append(
-            _horizon(
-                "peak",
-                f"throughput peaks at {model.max_throughput:.4g}/s (USL, N* = "
-                f"{model.peak_concurrency:.3g})",
-                model.max_throughput,
-                throughput,
-                growth,
-            )
+            horizons.append(_horizon("pool", phrases, limit, throughput, growth))
+    # Only a model with coherency has a peak; with kappa = 0 (Amdahl) throughput
+    # only approaches lam / sigma as the concurrency grows without bound.
+    if model is not None and model.kappa > 0.0:
+        peak = (
+            f"the USL peak of {model.max_throughput:.4g}/s "
+            f"(at a concurrency of {model.peak_concurrency:.3g})"
         )
+        phrases = (
+            f"throughput reaches {peak}",
+            f"throughput is at {peak} already",
+            f"throughput does not reach {peak} at this growth",
+        )
+        horizons.append(_horizon("peak", phrases, model.max_throughput, throughput, growth))
     return Forecast(
         growth=growth,
         days=span / _SECONDS_PER_DAY,
