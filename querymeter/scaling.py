@@ -400,15 +400,20 @@ class _Plan:
             f"{self.workers} workers, the first: {_describe(first) if first else '?'}"
         ) from first
 
-    def level(self, before: Snapshot, after: Snapshot, at_start: tuple[int, int]) -> Level:
-        """The level measured from ``before`` to ``after``, once its workers stopped."""
+    def level(
+        self, before: Snapshot, after: Snapshot, at_start: tuple[int, int], at_end: tuple[int, int]
+    ) -> Level:
+        """The level measured from ``before`` to ``after``, once its workers stopped.
+
+        ``at_start`` and ``at_end`` are :meth:`calls` read next to the snapshots.
+        """
         if self.misuse is not None:
             raise self.misuse
         calls, raised = self.calls()
         if calls and calls == raised:
             self.all_failed()
         interval = after - before
-        window_calls = calls - at_start[0]
+        window_calls = at_end[0] - at_start[0]
         if window_calls and not interval.queries and not interval.total_ns:
             raise WorkloadError(
                 f"the meter counted no query while the workload ran {window_calls:,} calls at "
@@ -416,7 +421,7 @@ class _Plan:
                 "driver with meter=..., or pass the meter they are counted on as meter=)"
             )
         first = None if self.first_error is None else _describe(self.first_error)
-        return Level(self.workers, interval, window_calls, raised - at_start[1], first)
+        return Level(self.workers, interval, window_calls, at_end[1] - at_start[1], first)
 
 
 class _Ticker:
@@ -518,12 +523,13 @@ def _run_threads(plan: _Plan, workload: Callable[..., Any], args: tuple[Any, ...
             stop.wait(min(_TICK_S, left))
             plan.check()
         after = plan.meter.snapshot()
+        at_end = plan.calls()
     finally:
         stop.set()
         # Only those started: an interrupt can come while they are being started.
         for thread in running:
             thread.join()
-    return plan.level(before, after, at_start)
+    return plan.level(before, after, at_start, at_end)
 
 
 def _async_level(plan: _Plan, workload: Callable[..., Any], setup: Setup | None) -> Level:
@@ -585,10 +591,11 @@ async def _run_tasks(plan: _Plan, workload: Callable[..., Any], args: tuple[Any,
             await asyncio.sleep(min(_TICK_S, left))
             plan.check()
         after = plan.meter.snapshot()
+        at_end = plan.calls()
     finally:
         # The workers end the call they are in (a query cut off by
         # cancellation could leave a connection mid-protocol); a second
         # interrupt cancels them.
         stopping.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-    return plan.level(before, after, at_start)
+    return plan.level(before, after, at_start, at_end)
