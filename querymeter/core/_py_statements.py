@@ -58,10 +58,11 @@ LOCK_ATOMIC = 1  # the C core's lock word
 LOCK_FCNTL = 2  # this core's: an fcntl lock on the lock word's bytes
 # header: magic, version, lock_kind, max_statements, record_size, lock,
 # table_id, started_wall_ns, dropped, next_serial, live, undo_kind,
-# undo_index, undo_dropped, undo_next_serial, undo_live, reserved
+# undo_index, undo_dropped, undo_next_serial, undo_live, undo_slot
 HEADER_FORMAT = struct.Struct("=8sIIQQQQqQQQQQQQQQ")
 _H_LOCK, _H_DROPPED, _H_NEXT_SERIAL, _H_LIVE = 4, 7, 8, 9  # word indexes
 _H_UNDO_KIND, _H_UNDO_INDEX, _H_UNDO_DROPPED, _H_UNDO_NEXT, _H_UNDO_LIVE = 10, 11, 12, 13, 14
+_H_UNDO_SLOT = 15
 # A record: serial, key, usage (double), calls, errors, total (lo, hi),
 # total_sq (lo, hi), min, max, rows, rows_calls, first_seen, last_seen (signed),
 # lo, span (int32), fingerprint_len, sample_len (uint32); the texts; the counts.
@@ -72,7 +73,7 @@ HEAD_WORDS = 17
 _R_TEXT = HEAD_WORDS * 8
 _R_COUNTS = (_R_TEXT + FINGERPRINT_BYTES + SAMPLE_BYTES) // 8
 RECORD_SIZE = _R_COUNTS * 8 + MAX_BUCKETS * 8
-_UNDO_NONE, _UNDO_RECORD, _UNDO_INSERT, _UNDO_EVICT = 0, 1, 2, 3
+_UNDO_NONE, _UNDO_RECORD, _UNDO_INSERT, _UNDO_EVICT, _UNDO_BUCKET = 0, 1, 2, 3, 4
 
 
 def _align(value: int, to: int) -> int:
@@ -548,7 +549,6 @@ class _Shared:
             base + _R_COUNTS : base + _R_COUNTS + span
         ]
         q[_H_UNDO_INDEX] = index
-        self._save_header()
 
     def _save_header(self) -> None:
         q = self.q
@@ -570,7 +570,11 @@ class _Shared:
         """Puts back what a holder that died (or was interrupted) was changing."""
         q = self.q
         kind, index, n = q[_H_UNDO_KIND], q[_H_UNDO_INDEX], self.n
-        if kind == _UNDO_RECORD and index < n + 2:
+        if kind == _UNDO_BUCKET and index < n + 2 and q[_H_UNDO_SLOT] < MAX_BUCKETS:
+            base, undo = self.word(index), self.layout["undo"] // 8
+            q[base : base + HEAD_WORDS] = q[undo : undo + HEAD_WORDS]
+            q[base + _R_COUNTS + q[_H_UNDO_SLOT]] = q[undo + _R_COUNTS]
+        elif kind == _UNDO_RECORD and index < n + 2:
             self._restore(index)
         elif kind == _UNDO_INSERT and index < n:
             base = self.word(index)
@@ -590,9 +594,10 @@ class _Shared:
                 q[base + _R_SERIAL] = q[serial + i]
                 q[base + _R_KEY] = q[key + i]
                 q[keys + i] = q[key + i]
-        q[_H_DROPPED] = q[_H_UNDO_DROPPED]
-        q[_H_NEXT_SERIAL] = q[_H_UNDO_NEXT]
-        q[_H_LIVE] = q[_H_UNDO_LIVE]
+        if kind in (_UNDO_INSERT, _UNDO_EVICT):
+            q[_H_DROPPED] = q[_H_UNDO_DROPPED]
+            q[_H_NEXT_SERIAL] = q[_H_UNDO_NEXT]
+            q[_H_LIVE] = q[_H_UNDO_LIVE]
         q[_H_UNDO_KIND] = _UNDO_NONE
 
     # ---- figures
@@ -680,9 +685,24 @@ class _Shared:
     def update(
         self, index: int, elapsed: int, error: bool, rows: int, wall: int, times: int
     ) -> None:
-        """One query into record ``index``, undoable; the caller holds the lock."""
-        self._save(index)
-        self.q[_H_UNDO_KIND] = _UNDO_RECORD
+        """One query into record ``index``, undoable; the caller holds the lock.
+
+        Within the window (nearly always) the head and the one count it
+        changes are saved, else the whole window."""
+        q, base = self.q, self.word(index)
+        window = (base + _R_WINDOW) * 2
+        lo, span = self.i32[window], self.i32[window + 1]
+        slot = bucket_of(elapsed) - lo
+        if span > 0 and 0 <= slot < span:
+            undo = self.layout["undo"] // 8
+            q[undo : undo + HEAD_WORDS] = q[base : base + HEAD_WORDS]
+            q[undo + _R_COUNTS] = q[base + _R_COUNTS + slot]
+            q[_H_UNDO_INDEX] = index
+            q[_H_UNDO_SLOT] = slot
+            q[_H_UNDO_KIND] = _UNDO_BUCKET
+        else:
+            self._save(index)
+            q[_H_UNDO_KIND] = _UNDO_RECORD
         self._add(index, elapsed, error, rows, wall, times)
         self.q[_H_UNDO_KIND] = _UNDO_NONE
 
@@ -698,6 +718,7 @@ class _Shared:
             q[serial + i] = q[base + _R_SERIAL]
             q[key + i] = q[base + _R_KEY]
         self._save(n)
+        self._save_header()
         q[_H_UNDO_KIND] = _UNDO_EVICT
         live = []
         for i in range(n):
@@ -733,10 +754,11 @@ class _Shared:
         q[_H_UNDO_INDEX] = index
         self._save_header()
         q[_H_UNDO_KIND] = _UNDO_INSERT
+        # The old window's counts first, then the head (as the C core): the
+        # counts beyond a window are zero, and pages never written stay so.
+        span = min(max(self.i32[(base + _R_WINDOW) * 2 + 1], 0), MAX_BUCKETS)
+        q[base + _R_COUNTS : base + _R_COUNTS + span] = array.array("Q", bytes(8 * span))
         q[base : base + HEAD_WORDS] = array.array("Q", bytes(8 * HEAD_WORDS))
-        q[base + _R_COUNTS : base + _R_COUNTS + MAX_BUCKETS] = array.array(
-            "Q", bytes(8 * MAX_BUCKETS)
-        )
         q[base + _R_MIN] = _MASK
         q[base + _R_KEY] = key
         self.region[base * 8 + _R_TEXT : base * 8 + _R_TEXT + len(fingerprint)] = fingerprint

@@ -552,6 +552,7 @@ statements_miss(StatementsObject *t, PyObject *dialect, PyObject *sql, PyObject 
 #define QM_ST_UNDO_RECORD 1
 #define QM_ST_UNDO_INSERT 2
 #define QM_ST_UNDO_EVICT 3
+#define QM_ST_UNDO_BUCKET 4  /* an update within the window: the head and one count */
 
 typedef struct {
     char magic[8];
@@ -570,7 +571,7 @@ typedef struct {
     uint64_t undo_dropped;      /* the header as it was before */
     uint64_t undo_next_serial;
     uint64_t undo_live;
-    uint64_t reserved;
+    uint64_t undo_slot;         /* QM_ST_UNDO_BUCKET: the count changed */
 } qm_st_header;
 
 /* The figures of a record, before its texts and histogram. */
@@ -761,8 +762,14 @@ st_undo_save_record(StatementsObject *t, uint64_t index)
     /* Counts beyond the window are zero: the window's are all there is. */
     int32_t span = r->h.span < 0 ? 0 : (r->h.span > QM_MAX_BUCKETS ? QM_MAX_BUCKETS : r->h.span);
     memcpy(undo->counts, r->counts, (size_t)span * sizeof(uint64_t));
+    ST_HEADER(t)->undo_index = index;
+}
+
+/* Saves the header's counts before an insert or an eviction. */
+static void
+st_undo_save_header(StatementsObject *t)
+{
     qm_st_header *h = ST_HEADER(t);
-    h->undo_index = index;
     h->undo_dropped = h->dropped;
     h->undo_next_serial = h->next_serial;
     h->undo_live = h->live;
@@ -801,7 +808,15 @@ st_repair(StatementsObject *t)
     qm_st_header *h = ST_HEADER(t);
     uint64_t n = t->shared_n;
     uint64_t index = h->undo_index;
-    switch (h->undo_kind) {
+    uint64_t kind = h->undo_kind;
+    switch (kind) {
+    case QM_ST_UNDO_BUCKET:
+        if (index < n + 2 && h->undo_slot < QM_MAX_BUCKETS) {
+            qm_st_record *r = ST_RECORD(t, index);
+            r->h = ST_UNDO(t)->h;
+            r->counts[h->undo_slot] = ST_UNDO(t)->counts[0];
+        }
+        break;
     case QM_ST_UNDO_RECORD:
         if (index < n + 2) {
             st_undo_restore_record(t, ST_RECORD(t, index));
@@ -831,9 +846,11 @@ st_repair(StatementsObject *t)
     default:
         break;
     }
-    h->dropped = h->undo_dropped;
-    h->next_serial = h->undo_next_serial;
-    h->live = h->undo_live;
+    if (kind == QM_ST_UNDO_INSERT || kind == QM_ST_UNDO_EVICT) {
+        h->dropped = h->undo_dropped;
+        h->next_serial = h->undo_next_serial;
+        h->live = h->undo_live;
+    }
     st_undo_end(t);
 }
 
@@ -950,22 +967,43 @@ st_merge(qm_st_record *into, const qm_st_record *from)
     }
 }
 
+/* A record made new.  Counts beyond the window are zero already: the
+   window's are zeroed first, then the head (a holder killed in between
+   leaves the old window to zero again), so that pages of the file that were
+   never written stay unwritten (on tmpfs: no memory). */
 static void
 st_clear(qm_st_record *r)
 {
+    int32_t span = r->h.span < 0 ? 0 : (r->h.span > QM_MAX_BUCKETS ? QM_MAX_BUCKETS : r->h.span);
+    memset(r->counts, 0, (size_t)span * sizeof(uint64_t));
+    QM_ST_ORDER();
     memset(&r->h, 0, sizeof(r->h));
     r->h.min_ns = UINT64_MAX;
-    memset(r->counts, 0, sizeof(r->counts));
 }
 
-/* An update of one record, undoable. */
+/* An update of one record, undoable: within the window (nearly always), the
+   head and the one count it changes are saved; else the whole window. */
 static void
 st_update(StatementsObject *t, uint64_t index, uint64_t elapsed, int error, int64_t rows,
               int64_t wall, uint64_t times)
 {
-    st_undo_save_record(t, index);
-    st_undo_begin(t, QM_ST_UNDO_RECORD);
-    st_add(ST_RECORD(t, index), elapsed, error, rows, wall, times);
+    qm_st_record *r = ST_RECORD(t, index);
+    int32_t bucket = bucket_of(elapsed);
+    if (r->h.span > 0 && bucket >= r->h.lo && bucket - r->h.lo < r->h.span) {
+        qm_st_record *undo = ST_UNDO(t);
+        qm_st_header *h = ST_HEADER(t);
+        int32_t slot = bucket - r->h.lo;
+        undo->h = r->h;
+        undo->counts[0] = r->counts[slot];
+        h->undo_index = index;
+        h->undo_slot = (uint64_t)slot;
+        st_undo_begin(t, QM_ST_UNDO_BUCKET);
+    }
+    else {
+        st_undo_save_record(t, index);
+        st_undo_begin(t, QM_ST_UNDO_RECORD);
+    }
+    st_add(r, elapsed, error, rows, wall, times);
     st_undo_end(t);
 }
 
@@ -1006,6 +1044,7 @@ st_evict(StatementsObject *t)
         key[i] = r->h.key;
     }
     st_undo_save_record(t, n);
+    st_undo_save_header(t);
     st_undo_begin(t, QM_ST_UNDO_EVICT);
     size_t live = 0;
     for (uint64_t i = 0; i < n; i++) {
@@ -1070,9 +1109,7 @@ st_find_or_insert(StatementsObject *t, uint64_t key, const char *fingerprint,
     }
     qm_st_record *r = ST_RECORD(t, index);
     h->undo_index = index;
-    h->undo_dropped = h->dropped;
-    h->undo_next_serial = h->next_serial;
-    h->undo_live = h->live;
+    st_undo_save_header(t);
     st_undo_begin(t, QM_ST_UNDO_INSERT);
     st_clear(r);
     r->h.key = key;
