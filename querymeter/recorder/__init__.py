@@ -6,7 +6,10 @@ resolution; ``timeline()``, ``statement_timeline()``, ``markers()`` and
 ``dump()`` read them back.  See docs/incident-response.md.
 """
 
+from ._alerts import Alert, AlertRule
+from ._baseline import Anomaly, Band, Baseline, MetricBaseline, StatementBaseline
 from ._dump import RecorderDump, load_dump
+from ._forecast import Forecast, Horizon
 from ._recorder import (
     DEFAULT_RESOLUTIONS,
     DEFAULT_STATEMENTS_PER_STEP,
@@ -14,12 +17,24 @@ from ._recorder import (
     StepStatements,
     running_recorder,
 )
+from ._trends import NotEnoughHistory, StatementTrend
 
 __all__ = [
     "DEFAULT_RESOLUTIONS",
     "DEFAULT_STATEMENTS_PER_STEP",
+    "Alert",
+    "AlertRule",
+    "Anomaly",
+    "Band",
+    "Baseline",
     "FlightRecorder",
+    "Forecast",
+    "Horizon",
+    "MetricBaseline",
+    "NotEnoughHistory",
     "RecorderDump",
+    "StatementBaseline",
+    "StatementTrend",
     "StepStatements",
     "load_dump",
     "running_recorder",
