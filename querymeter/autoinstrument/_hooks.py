@@ -47,6 +47,9 @@ TARGETS = (
 _lock = threading.RLock()
 # Names whose wrapt hook is registered and has not fired yet: one each, ever.
 _pending: set[str] = set()
+# What a hook tells when it fires: every AutoInstrument (there is one, unless
+# someone makes another), each doing its work only while it is on.
+_instances: weakref.WeakSet[AutoInstrument] = weakref.WeakSet()
 
 
 def _renew_lock_in_child() -> None:
@@ -79,10 +82,11 @@ class AutoInstrument:
     The one instance is ``querymeter.autoinstrument``.
     """
 
-    __slots__ = ("_on",)
+    __slots__ = ("__weakref__", "_on")
 
     def __init__(self) -> None:
         self._on: _On | None = None
+        _instances.add(self)
 
     def __repr__(self) -> str:
         on = self._on
@@ -108,6 +112,7 @@ class AutoInstrument:
         """
         counted_into = meter_argument(meter)
         targets = _targets(drivers)
+        _wrapt()  # before anything changes: a clear ImportError without it
         with _lock:
             on = self._on
             if on is not None and on.meter is not counted_into:
@@ -129,7 +134,7 @@ class AutoInstrument:
             if module is not None:
                 self._imported(name, module, existing=True)
             else:
-                _watch(name, self)
+                _watch(name)
 
     def undo(self) -> None:
         """Stop instrumenting on import, and take out what autoinstrument put in.
@@ -231,21 +236,34 @@ def _check_imported(targets: set[str], meter: Meter) -> None:
             )
 
 
-def _watch(name: str, auto: AutoInstrument) -> None:
+def _wrapt() -> Any:
+    """wrapt, imported here and not at import: the core needs no dependency."""
+    try:
+        import wrapt
+    except ImportError as exc:
+        raise ImportError(
+            "querymeter.autoinstrument needs wrapt (its post-import hooks): "
+            "pip install 'querymeter[auto]'"
+        ) from exc
+    return wrapt
+
+
+def _watch(name: str) -> None:
     """Register the wrapt hook of ``name`` unless one is pending already."""
     with _lock:
         if name in _pending:
             return
         _pending.add(name)
-    import wrapt  # here, not at import: the core needs no dependency
 
     def imported(module: types.ModuleType) -> None:
         with _lock:
             _pending.discard(name)
-        auto._imported(name, module)
+            instances = list(_instances)
+        for auto in instances:
+            auto._imported(name, module)
 
     try:
-        wrapt.register_post_import_hook(imported, name)
+        _wrapt().register_post_import_hook(imported, name)
     except Exception:
         with _lock:
             _pending.discard(name)

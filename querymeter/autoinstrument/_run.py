@@ -14,6 +14,7 @@ program, and a program killed by signal N is what the shell sees (status
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -22,11 +23,20 @@ from pathlib import Path
 from ._hooks import TARGETS, _targets
 from ._startup import BOOTSTRAP, ENVIRONMENT, check_report_path, parse_sample
 
-__all__ = ["EXIT_CANNOT_EXECUTE", "EXIT_NOT_FOUND", "add_arguments", "environment", "run"]
+__all__ = [
+    "EXIT_CANNOT_EXECUTE",
+    "EXIT_NEEDS_WRAPT",
+    "EXIT_NOT_FOUND",
+    "add_arguments",
+    "environment",
+    "run",
+]
 
 #: The shell's statuses for a command it found but could not run, and one it did not find.
 EXIT_CANNOT_EXECUTE = 126
 EXIT_NOT_FOUND = 127
+#: querymeter run's status when wrapt is missing: the program did not run.
+EXIT_NEEDS_WRAPT = 1
 
 
 def _report_path(text: str) -> Path:
@@ -131,6 +141,13 @@ def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         command = command[1:]
     if not command:
         parser.error("give the program to run after --, like: querymeter run -- python app.py")
+    if importlib.util.find_spec("wrapt") is None:
+        # Told here, once, rather than by the program's sitecustomize as a fault.
+        print(
+            "querymeter run needs wrapt (its post-import hooks): pip install 'querymeter[auto]'",
+            file=sys.stderr,
+        )
+        return EXIT_NEEDS_WRAPT
     env = environment(
         dict(os.environ),
         report=args.report,

@@ -316,3 +316,25 @@ def test_a_meter_that_is_not_a_meter_is_refused() -> None:
     with pytest.raises(TypeError):
         querymeter.autoinstrument("default")  # type: ignore[arg-type]
     assert querymeter.autoinstrument.meter is None
+
+
+def test_without_wrapt_a_clear_import_error_and_nothing_changed() -> None:
+    """Where wrapt cannot be imported, autoinstrument() says what to install and stays off."""
+    found = run_script(
+        """
+import json, sys
+sys.modules["wrapt"] = None   # as if it were not installed
+import querymeter, querymeter.dbapi, sqlite3
+try:
+    querymeter.autoinstrument()
+    error = None
+except ImportError as exc:
+    error = str(exc)
+print(json.dumps({"error": error, "off": querymeter.autoinstrument.meter is None,
+                  "sqlite3": querymeter.dbapi.instrumented_meter(sqlite3) is not None}))
+""",
+        "c",
+    )
+    assert "pip install 'querymeter[auto]'" in found["error"]
+    assert found["off"]
+    assert not found["sqlite3"]

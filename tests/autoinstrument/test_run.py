@@ -411,3 +411,26 @@ def test_run_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     sample = run([*RUN, "--sample", "2", "--", sys.executable, "-c", "pass"], env)
     assert sample.returncode == 2
     assert b"from 0 to 1" in sample.stderr
+
+
+def test_a_forked_child_that_exits_normally_prints_no_second_summary(tmp_path: Path) -> None:
+    """Only the process that started reports: a forked child running atexit stays quiet."""
+    app = write_program(
+        tmp_path,
+        """
+        import os, sqlite3, sys
+        connection = sqlite3.connect(":memory:")
+        connection.execute("SELECT 1")
+        pid = os.fork()
+        if pid == 0:
+            sqlite3.connect(":memory:").execute("SELECT 2")
+            sys.exit(0)   # through atexit, unlike multiprocessing's os._exit
+        os.waitpid(pid, 0)
+        connection.execute("SELECT 3")
+        print("parent done")
+        """,
+    )
+    result = run([*RUN, "--", sys.executable, str(app)], clean_environment())
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"parent done\n"
+    assert summary_queries(result.stderr) == [(2, 0)]
