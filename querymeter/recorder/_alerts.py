@@ -228,7 +228,7 @@ class AlertRule:
 def _episode_anomalies(recorder: Any, resolution: float, started_wall_ns: int) -> list[Anomaly]:
     try:
         # The steps that end after the episode began: its own.
-        return anomalies_since(recorder, resolution, None, 10, 3.0, 3600.0, started_wall_ns)
+        return anomalies_since(recorder, resolution, None, 10, 4.0, 3600.0, started_wall_ns)
     except Exception as exc:  # noqa: BLE001 - the alert still goes out without them
         _faults.report("alert: the anomalies could not be computed", exc)
         return []

@@ -104,7 +104,8 @@ class Band:
     robust estimate of the standard deviation, ``1.4826 * mad``, or where
     ``mad`` is 0 (more than half the values equal) ``1.2533 *`` the mean
     absolute deviation; 0 when all values are equal, and then any other
-    value is outside.  Units are the metric's.
+    value is outside.  ``low`` stops at 0 (every metric is >= 0).  Units
+    are the metric's.
     """
 
     median: float
@@ -127,7 +128,7 @@ class Band:
         return 0.0 if deviation == 0.0 else math.copysign(math.inf, deviation)
 
 
-def band(values: Sequence[float], *, width: float = 3.0) -> Band | None:
+def band(values: Sequence[float], *, width: float = 4.0) -> Band | None:
     """The band of ``values`` (see :class:`Band`), None for fewer than MIN_STEPS values."""
     if len(values) < MIN_STEPS:
         return None
@@ -286,7 +287,9 @@ class Anomaly:
         unit = METRICS[self.metric]
         when = _utc(self.end_wall_ns)
         what = (
-            self.metric if self.statement is None else f"{self.metric} of {_short(self.statement)}"
+            self.metric
+            if self.statement is None
+            else f"{self.metric} of {_short(self.statement, 40)!r}"
         )
         text = (
             f"{when}: {what} {_value(self.value, unit)} {self.direction} its band "
@@ -399,9 +402,9 @@ def _band_of(values: Sequence[float], width: float) -> Band:
     scale = (
         MAD_TO_SIGMA * mad if mad > 0.0 else MEANAD_TO_SIGMA * math.fsum(deviations) / len(values)
     )
-    return Band(
-        centre, mad, scale, centre - width * scale, centre + width * scale, len(values), width
-    )
+    # Every metric is >= 0: a band reaching below 0 stops at 0.
+    low = max(centre - width * scale, 0.0)
+    return Band(centre, mad, scale, low, centre + width * scale, len(values), width)
 
 
 def _mid(step: Step) -> int:
@@ -414,7 +417,7 @@ def baseline(
     resolution: float | None = None,
     window: float | None = None,
     statements: int = 10,
-    width: float = 3.0,
+    width: float = 4.0,
 ) -> Baseline:
     """Robust baselines of the recorder's steps: per metric and per top statement.
 
@@ -515,7 +518,7 @@ def anomalies(
     window: float | None = None,
     since: float | None = None,
     statements: int = 10,
-    width: float = 3.0,
+    width: float = 4.0,
     lookback: float = 3600.0,
 ) -> list[Anomaly]:
     """The steps outside their band, oldest first, each with the markers just before it.
@@ -637,7 +640,7 @@ def _utc(wall_ns: int) -> str:
 
 def _value(value: float, unit: str) -> str:
     if unit == "s":
-        return f"{value * 1000:.3g} ms"
+        return f"{value:.3g} s" if abs(value) >= 1.0 else f"{value * 1000:.3g} ms"
     if unit == "":
         return f"{value * 100:.3g} %"
     return f"{value:.4g}{unit}"

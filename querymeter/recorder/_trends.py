@@ -111,8 +111,11 @@ class StatementTrend:
     def __str__(self) -> str:
         figures = self.in_milliseconds().format("ms")
         slope, _, bounds = figures.partition(" (")
+        span = (
+            f"{self.days:.0f} days" if self.days >= 2.0 else _duration(self.days * _SECONDS_PER_DAY)
+        )
         return (
-            f"[{self.statement_id}] {slope} over {_duration(self.days * _SECONDS_PER_DAY)} "
+            f"[{self.statement_id}] {slope} over {span} "
             f"({bounds}, {self.start * 1e3:.3g} ms to {self.end * 1e3:.3g} ms: "
             f"{_short(self.sample_sql)}"
         )

@@ -85,7 +85,7 @@ class Simulation:
         return ((self.wall_ns() + self.step_ns // 2) // (3600 * NS)) % 24
 
 
-def oracle_band(values: Sequence[float], width: float = 3.0) -> tuple[float, float, float, float]:
+def oracle_band(values: Sequence[float], width: float = 4.0) -> tuple[float, float, float, float]:
     """(median, MAD, low, high) computed with the statistics module (the mean absolute
     deviation where the MAD is 0)."""
     centre = statistics.median(values)
@@ -94,7 +94,7 @@ def oracle_band(values: Sequence[float], width: float = 3.0) -> tuple[float, flo
         scale = MAD_TO_SIGMA * mad
     else:
         scale = MEANAD_TO_SIGMA * statistics.fmean([abs(v - centre) for v in values])
-    return centre, mad, centre - width * scale, centre + width * scale
+    return centre, mad, max(centre - width * scale, 0.0), centre + width * scale
 
 
 def test_metric_baselines_equal_the_median_and_mad_of_the_steps(Meter: type[MeterType]) -> None:
