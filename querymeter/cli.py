@@ -43,6 +43,8 @@ from .report import (
     text_legend,
     text_level,
 )
+from .shared import _top
+from .triage import _command as _health_command
 
 __all__ = ["COMMANDS", "Command", "main"]
 
@@ -402,6 +404,16 @@ COMMANDS: dict[str, Command] = {
         "run a program with its database drivers instrumented, changing none of its code",
         _run_command.add_arguments,
         _run_command.run,
+    ),
+    "health": Command(
+        "check the database and grade what the meter saw: SEV-1, SEV-2, SEV-3 or OK",
+        _health_command.add_arguments,
+        _health_command.run,
+    ),
+    "top": Command(
+        "show a shared meter live, per worker and for the service, like iostat -x 1",
+        _top.add_top_arguments,
+        _top.run_top,
     ),
 }
 

@@ -40,8 +40,9 @@ PARTS = {
     "querymeter.otel": "export",
     "querymeter.switch": "switch",
     "querymeter.markers": "markers",
+    "querymeter._borrow": "borrow",
     "querymeter.recorder": "recorder",
-    "querymeter.health": "health",
+    "querymeter.triage": "health",
     "querymeter.shared": "shared",
     "querymeter.scaling": "scaling",
     "querymeter.pytest_plugin": "testing",
@@ -79,12 +80,15 @@ MAY_IMPORT = {
         "hooks",
         "report",
         "markers",
+        "borrow",
     },
     "middleware": {"faults", "scopes"},
     # Exporters read snapshots; the engines they find in sys.modules, never by import.
     "export": {"faults", "meter", "readings", "statements"},
     # Change markers: a bounded log that timelines and reports show; needs nothing.
     "markers": set(),
+    # A pool connection lent to querymeter's own statements, counted by no meter.
+    "borrow": set(),
     # The flight recorder reads snapshots and statement readings into rings, and
     # turns them into baselines, anomalies, trends, forecasts and alerts.
     "recorder": {"faults", "core", "meter", "readings", "statements", "laws", "markers", "report"},
@@ -100,13 +104,16 @@ MAY_IMPORT = {
         "markers",
         "recorder",
         "export",
+        "borrow",
+        "shared",
     },
     # Many processes: the counters (and statements) in one shared file.
     "shared": {"faults", "core", "meter", "readings", "statements", "laws", "report"},
     # Scalability runs: a workload at each concurrency level, fitted to the USL.
     "scaling": {"faults", "core", "meter", "readings", "laws"},
-    # The pytest plugin and the benchmark helpers.
+    # The pytest plugin and the benchmark helpers: the package's own plugin.
     "testing": {
+        "package",
         "faults",
         "core",
         "meter",
