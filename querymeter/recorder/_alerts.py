@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _faults
 from ..readings import Interval
-from ._baseline import Anomaly, RecorderLike, _duration, _utc, anomalies_since
+from ._baseline import METRICS, Anomaly, RecorderLike, _duration, _utc, _value, anomalies_since
 
 if TYPE_CHECKING:
     from ..markers import Marker
@@ -56,7 +56,7 @@ class Alert:
     """What a callback gets: the symptom, its figures, the anomalies and the recent markers.
 
     ``reasons`` names what breached in the step that fired, e.g.
-    ``("response_time 0.31 s > 0.25 s",)``; ``thresholds`` the rule's
+    ``("response_time 310 ms > 250 ms",)``; ``thresholds`` the rule's
     thresholds by metric.  ``interval`` is the episode so far (from the start
     of its first breaching step to the end of the step that fired): its
     ``response_time``, ``error_rate``, ``utilization``, ``throughput`` are the
@@ -89,7 +89,7 @@ class Alert:
         if self.markers:
             text += "; recent changes: " + ", ".join(repr(m.label) for m in self.markers)
         if self.anomalies:
-            text += f"; {len(self.anomalies)} anomalous step figures"
+            text += f"; {len(self.anomalies)} anomalies"
         return text
 
 
@@ -148,7 +148,8 @@ class AlertRule:
         for metric, limit in self.thresholds.items():
             value: float | None = getattr(step, metric)
             if value is not None and value > limit:
-                found.append(f"{metric} {value:.4g} > {limit:.4g}")
+                unit = METRICS[metric]
+                found.append(f"{metric} {_value(value, unit)} > {_value(limit, unit)}")
         return tuple(found)
 
     def on_step(self, recorder: Any, resolution: float) -> None:

@@ -79,7 +79,7 @@ def test_fires_once_after_for_seconds_with_the_episode_figures(Meter: type[Meter
     assert alert.figures["throughput"] == pytest.approx(2.0)
     assert alert.figures["utilization"] == pytest.approx(0.4)
     assert alert.figures["error_rate"] == 0.0
-    assert alert.reasons == ("response_time 0.2 > 0.1",)
+    assert alert.reasons == ("response_time 200 ms > 100 ms",)
     assert dict(alert.thresholds) == {"response_time": 0.1}
     assert alert.fired_wall_ns == sim.wall_ns()
     assert alert.resolution == 1.0
@@ -88,7 +88,7 @@ def test_fires_once_after_for_seconds_with_the_episode_figures(Meter: type[Meter
     assert all(a.start_wall_ns >= alert.started_wall_ns for a in alert.anomalies)
     sim.run(100, 0.3, 0.1)
     assert len(sim.alerts) == 1
-    assert "response_time 0.2 > 0.1 for 10 s" in str(alert)
+    assert "response_time 200 ms > 100 ms for 10 s" in str(alert)
 
 
 def test_rearms_only_after_clear_for_seconds(Meter: type[MeterType]) -> None:
@@ -120,7 +120,7 @@ def test_a_break_in_the_symptom_restarts_the_wait(Meter: type[MeterType]) -> Non
     assert sim.alerts == []
     sim.run(5, 0.9)
     assert len(sim.alerts) == 1
-    assert sim.alerts[0].reasons == ("utilization 0.9 > 0.5",)
+    assert sim.alerts[0].reasons == ("utilization 90 % > 50 %",)
 
 
 def test_error_rate_and_any_threshold(Meter: type[MeterType]) -> None:
@@ -131,7 +131,7 @@ def test_error_rate_and_any_threshold(Meter: type[MeterType]) -> None:
     assert sim.alerts == []
     sim.run(3, 0.01, 0.01, 0.01, errors=2)
     (alert,) = sim.alerts
-    assert alert.reasons == ("error_rate 2 > 1",)
+    assert alert.reasons == ("error_rate 2/s > 1/s",)
     assert alert.figures["error_rate"] == pytest.approx(2.0)
 
 
