@@ -289,7 +289,7 @@ class Anomaly:
         what = (
             self.metric
             if self.statement is None
-            else f"{self.metric} of {_short(self.statement, 40)!r}"
+            else f"{self.metric} of {_short(self.statement, 50)!r}"
         )
         text = (
             f"{when}: {what} {_value(self.value, unit)} {self.direction} its band "

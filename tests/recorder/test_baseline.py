@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import random
+import re
 import statistics
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -358,3 +362,24 @@ def test_bad_arguments_are_named(
     sim = Simulation(Meter)
     with pytest.raises(error, match=message):
         call(sim.recorder)
+
+
+def test_the_docs_examples_run_and_print_what_they_show() -> None:
+    """docs/continuous-profiling.md: its Python blocks run in order, and print its outputs."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "continuous-profiling.md"
+    text = doc.read_text()
+    namespace: dict[str, object] = {"__name__": "continuous_profiling_doc"}
+    printed = []
+    for block in re.findall(r"```python\n(.*?)```", text, re.S):
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            exec(compile(block, str(doc), "exec"), namespace)
+        printed.append(out.getvalue())
+    trend_line = next(line for line in printed if "ms/day over 28 days" in line)
+    assert trend_line.strip() in text
+    forecast_line = next(line for line in printed if line.startswith("at +"))
+    assert forecast_line.strip() in text
+    anomalies = next(line for line in printed if "deploy v1.2" in line)
+    # The dates follow the simulated calendar, which starts when the test runs.
+    undated = [re.sub(r"^\S+ \S+ UTC", "", line) for line in anomalies.splitlines()]
+    assert all(line in text for line in undated)
