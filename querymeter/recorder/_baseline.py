@@ -360,12 +360,16 @@ def steps(recorder: RecorderLike, resolution: float, window: float | None = None
     """The recorder's steps at ``resolution``, oldest first; the last ``window`` seconds only."""
     intervals = recorder.timeline(resolution=resolution)
     readings = recorder.statement_timeline(resolution=resolution)
-    if len(readings) != len(intervals):
-        readings = [None] * len(intervals)
+    # The recorder's thread may close a step between the two reads: pair them
+    # by the step's end (wall ns) rather than by position.
+    by_end: dict[int, StatementsInterval] = {}
+    for reading in readings:
+        if reading is not None:
+            by_end[reading.end_wall_ns] = reading
     result = []
-    for interval, reading in zip(intervals, readings, strict=True):
+    for interval in intervals:
         end = recorder.step_wall_ns(interval)
-        result.append(Step(interval, end - interval.duration_ns, end, reading))
+        result.append(Step(interval, end - interval.duration_ns, end, by_end.get(end)))
     if window is not None and result:
         cutoff = result[-1].end_wall_ns - round(window * _NS_PER_S)
         result = [step for step in result if step.start_wall_ns >= cutoff]
