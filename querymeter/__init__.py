@@ -31,10 +31,12 @@ from .statements import (
 )
 from .switch import disable, enable, is_enabled, uninstrument_all
 from .trends import Trend, trend
+from .triage import Health, health
 
 __all__ = [
     "IMPLEMENTATION",
     "FlightRecorder",
+    "Health",
     "Interval",
     "Marker",
     "Meter",
@@ -57,6 +59,7 @@ __all__ = [
     "enable",
     "faults",
     "fingerprint",
+    "health",
     "is_enabled",
     "mark",
     "overhead",

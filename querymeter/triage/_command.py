@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
@@ -96,11 +97,19 @@ def _engine(url: str, timeout: float) -> Any:
 
 
 def _meter(path: str | None) -> Any:
+    """The shared meter at ``path`` with its statement table, opened to read: never made."""
     if path is None:
         return None
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        raise ValueError(f"{path}: no shared meter there (a worker makes it when it opens it)")
     from ..shared import SharedMeter
+    from ..shared._statements import shared_statements_max, statements_path
 
-    return SharedMeter(path)
+    meter = SharedMeter(path)
+    max_statements = shared_statements_max(statements_path(path))
+    if max_statements is not None:
+        meter.enable_statements(max_statements)
+    return meter
 
 
 def run(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

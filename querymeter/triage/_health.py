@@ -297,28 +297,41 @@ def _baseline_of_steps(steps: Sequence[Interval]) -> Baseline:
     )
 
 
-def _recorder_baseline(recorder: Any, steps_before: Sequence[Interval]) -> Baseline | None:
-    """The recorder's own baseline (querymeter.recorder), where it has one."""
+def _recorder_baseline(
+    recorder: Any, steps_before: Sequence[Interval], now_wall_ns: int
+) -> tuple[Baseline, dict[str, float]]:
+    """The recorder's baseline: response time from its bands (by hour of day where it has
+    a day), each top statement's median response time, and the error ratio of its steps.
+
+    The recorder's bands are of error *rates* (errors/s); the triage grades the error
+    *ratio* (errors/queries), whose median and MAD the steps before the window give.
+    """
+    from_steps = _baseline_of_steps(steps_before)
     try:
         found = recorder.baseline()
     except Exception as exc:  # noqa: BLE001 - the steps still give one
         _faults.report("health: the recorder's baseline could not be read", exc)
-        return None
-    metric = getattr(found, "metric", None)
-    if not callable(metric):
-        return None
-    rt = metric("response_time")
-    er = metric("error_ratio")
-    if rt is None and er is None:
-        return None
-    return Baseline(
-        "the flight recorder's baseline",
-        getattr(rt, "median", None),
-        getattr(rt, "mad", None),
-        getattr(er, "median", None),
-        getattr(er, "mad", None),
-        int(getattr(found, "steps", len(steps_before))),
+        return from_steps, {}
+    response = found.response_time
+    if response is None:
+        return from_steps, {}
+    band = response.band(now_wall_ns)
+    means = {
+        fingerprint: statement.response_time.median
+        for fingerprint, statement in found.statements.items()
+        if statement.response_time is not None
+    }
+    by_hour = ", by hour of day" if found.by_hour else ""
+    source = f"the flight recorder's, {found.steps} steps of {found.resolution:g} s{by_hour}"
+    baseline = Baseline(
+        source,
+        band.median,
+        band.mad,
+        from_steps.error_ratio,
+        from_steps.error_ratio_mad,
+        found.steps,
     )
+    return baseline, means
 
 
 def _baseline_since_start(before: Snapshot) -> Baseline:
@@ -401,17 +414,20 @@ def _tags_of_samples(
 
 
 def _statement_figures(
-    meter: Meter, window: _Window
+    meter: Meter, window: _Window, recorded_means: Mapping[str, float]
 ) -> tuple[list[StatementFigures], dict[str, float]]:
-    """Each fingerprint in the window with its mean before it (from the cumulative table)."""
+    """Each fingerprint in the window with its mean before it: the recorder's median
+    where it has one, else the statement's mean from the cumulative table."""
     table = meter.statements
     cumulative = {} if table is None else {s.fingerprint: s for s in table.snapshot()}
     figures: list[StatementFigures] = []
     means: dict[str, float] = {}
     for fingerprint, (calls, errors, total_ns) in window.statements.items():
         whole = cumulative.get(fingerprint)
-        mean: float | None = None
-        if whole is not None:
+        mean: float | None = recorded_means.get(fingerprint)
+        if mean is not None:
+            means[fingerprint] = mean
+        elif whole is not None:
             calls_before = whole.calls - calls
             if calls_before > 0:
                 mean = (whole.total_ns - total_ns) / calls_before / 1e9
@@ -472,9 +488,10 @@ def health(
     interval = watched.interval
 
     baseline: Baseline | None = None
+    statement_means: dict[str, float] = {}
     if recorder is not None and watched.steps_before:
-        baseline = _recorder_baseline(recorder, watched.steps_before) or _baseline_of_steps(
-            watched.steps_before
+        baseline, statement_means = _recorder_baseline(
+            recorder, watched.steps_before, interval.later.wall_ns
         )
     if baseline is None:
         baseline = _baseline_since_start(interval.earlier)
@@ -489,7 +506,7 @@ def health(
     if oldest is None and now.concurrency:
         notes.append("this core cannot tell how long the queries in flight have run")
     pools = _pools(meter, engine, notes)
-    statements, means = _statement_figures(meter, watched)
+    statements, means = _statement_figures(meter, watched, statement_means)
     if meter.statements is None:
         notes.append("no statement table (meter.enable_statements()): no breakdown by statement")
     scope = breakdown(statements, _tags_of_samples(meter, watched.start_wall_ns, means))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +70,51 @@ def test_usage_errors_exit_2_with_a_message(args: list[str], message: str) -> No
     done = health(*args)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+WORKER = """
+import sqlite3, sys, time
+import querymeter, querymeter.dbapi
+meter = querymeter.SharedMeter(sys.argv[1])
+meter.enable_statements()
+connection = querymeter.dbapi.wrap_connection(sqlite3.connect(":memory:"), meter=meter)
+connection.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+for _ in range(200):
+    connection.execute("SELECT id FROM orders WHERE id = ?", (1,)).fetchall()
+print("ready", flush=True)
+deadline = time.monotonic() + float(sys.argv[2])
+while time.monotonic() < deadline:
+    try:
+        connection.execute("SELECT * FROM invoices WHERE id = ?", (1,))
+    except sqlite3.OperationalError:
+        pass
+    time.sleep(0.002)
+meter.close()
+"""
+
+
+def test_a_shared_meter_is_graded_for_the_whole_service(tmp_path: Path) -> None:
+    """--meter PATH grades what another process counts: its failing statement is SEV-1."""
+    path = str(tmp_path / "service.querymeter")
+    with subprocess.Popen(
+        [sys.executable, "-c", WORKER, path, "20"], stdout=subprocess.PIPE, text=True
+    ) as worker:
+        try:
+            assert worker.stdout is not None and worker.stdout.readline() == "ready\n"
+            done = health(f"sqlite:///{tmp_path / 'check.db'}", "--meter", path, "--window", "0.5")
+        finally:
+            worker.kill()
+    assert done.returncode == 11, done.stdout + done.stderr
+    assert done.stdout.startswith("SEV-1: most queries fail (error ratio at least 50 %)\n")
+    assert "connect: SELECT 1 answered in" in done.stdout
+    assert (
+        "scope: errors: one statement (100 %): select * from invoices where id = ?" in done.stdout
+    )
+
+
+def test_a_missing_shared_meter_is_a_usage_error(tmp_path: Path) -> None:
+    """--meter naming no file: exit status 2, and no file made."""
+    path = tmp_path / "none.querymeter"
+    done = health(f"sqlite:///{tmp_path / 'check.db'}", "--meter", str(path))
+    assert done.returncode == 2 and "no shared meter there" in done.stderr
+    assert not path.exists()

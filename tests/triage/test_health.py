@@ -257,3 +257,67 @@ def test_full_pool_with_waiters_is_sev1_and_not_checked(
         for connection in held:
             connection.close()
         waiter.join()
+
+
+# ------------------------------------------------------ the recorder, stuck queries
+
+
+def simulate(
+    meter: MeterType, clock: Any, recorder: Any, seconds: int, duration_ns: int, sql: str
+) -> None:
+    """``seconds`` simulated seconds of 10 queries each lasting ``duration_ns``, a step each."""
+    for _ in range(seconds):
+        for _ in range(10):
+            with meter.track(sql=sql):
+                clock.advance(duration_ns)
+        clock.advance(1_000_000_000 - 10 * duration_ns)
+        recorder.take()
+
+
+def test_the_recorder_gives_the_window_and_the_baseline(fake_meter: MeterType, clock: Any) -> None:
+    """With a recorder, the last 60 s are graded against its baseline: 10x slower is SEV-2."""
+    from querymeter.recorder import FlightRecorder
+
+    fake_meter.enable_statements()
+    recorder = FlightRecorder(fake_meter, resolutions=((1.0, 900), (60.0, 1440)))
+    recorder.take()
+    sql = "SELECT name FROM users WHERE id = 1"
+    simulate(fake_meter, clock, recorder, 14 * 60, 10_000_000, sql)  # 14 min at 10 ms
+    simulate(fake_meter, clock, recorder, 60, 100_000_000, sql)  # the last minute at 100 ms
+    found = health(fake_meter, recorder=recorder)
+    assert found.window is not None and found.window.duration == pytest.approx(60.0)
+    assert found.response_time == pytest.approx(0.100)
+    assert found.baseline.source.startswith("the flight recorder's")
+    assert found.baseline.response_time == pytest.approx(0.010)
+    assert (found.severity, found.rule) == (
+        "SEV-2",
+        "response time at least 3 times the baseline's",
+    )
+    top = found.scope.statements[0]
+    assert top.name == "select name from users where id = ?"
+    # Excess: 600 calls each 90 ms beyond the recorder's median of 10 ms.
+    assert top.excess_s == pytest.approx(600 * 0.090)
+
+
+@pytest.mark.servers
+def test_a_query_running_longer_than_stuck_after(meter: MeterType) -> None:
+    """A pg_sleep still running after stuck_after: SEV-2, with its age."""
+    psycopg = driver("psycopg")
+    connection = querymeter.dbapi.wrap_connection(
+        psycopg.connect(postgres_dsn(), autocommit=True), meter=meter
+    )
+    sleeper = threading.Thread(target=lambda: connection.execute("SELECT pg_sleep(1.5)"))
+    sleeper.start()
+    try:
+        time.sleep(0.6)
+        found = health(meter, window=0.01, stuck_after=0.5)
+        assert found.in_flight == 1
+        assert found.oldest_in_flight is not None and 0.5 <= found.oldest_in_flight < 1.5
+        assert (found.severity, found.rule) == (
+            "SEV-2",
+            "a query in flight longer than stuck_after",
+        )
+    finally:
+        sleeper.join()
+        connection.close()
+    assert health(meter, window=0.01, stuck_after=0.5).oldest_in_flight is None
