@@ -137,6 +137,8 @@ def test_signals_sent_to_querymeter_run_reach_the_program(
             print("terminated", flush=True)
             sys.exit(0)
         signal.signal(signal.SIGTERM, terminated)
+        # Whatever this test's runner left SIGINT as (ignored in a background job).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         connection = sqlite3.connect(":memory:")
         connection.execute("SELECT 1")
         try:
