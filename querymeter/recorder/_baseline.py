@@ -57,8 +57,9 @@ MIN_STEPS_PER_HOUR = 5
 #: 1.4826 * MAD estimates sigma (Rousseeuw and Croux 1993).
 MAD_TO_SIGMA = 1.482602218505602
 #: Where more than half the values are equal (MAD = 0), the mean absolute
-#: deviation times sqrt(pi/2) estimates sigma instead (Iglewicz and Hoaglin's
-#: modified z-score, IBM SPSS Modeler's anomaly detection).
+#: deviation times sqrt(pi/2) estimates sigma instead (the usual fallback of
+#: the modified z-score; the mean absolute deviation of a normal distribution
+#: is sigma * sqrt(2/pi)).
 MEANAD_TO_SIGMA = 1.2533141373155003
 #: Most markers an anomaly lists (the nearest before it).
 MAX_MARKERS = 5
