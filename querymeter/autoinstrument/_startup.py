@@ -240,6 +240,10 @@ def _at_exit(run: _Run) -> None:
         reading = run.table.snapshot() if run.table is not None else None
         statements = [] if reading is None else list(reading.statements)
         text = summary_text(interval, statements, command=run.command, faults=_faults.counts())
+        if run.log is not None:
+            where = "in the report" if run.settings.report else "--report PATH saves them"
+            sampled = len(run.log.samples()) + run.log.dropped
+            text += f"\n  {sampled:,} queries sampled at {run.settings.sample:g} ({where})"
         if run.settings.report is not None:
             try:
                 saved = _save_report(run, interval, reading, ended_wall_ns)

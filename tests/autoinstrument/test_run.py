@@ -292,6 +292,7 @@ def test_sample_captures_the_share_asked_for(tmp_path: Path) -> None:
     assert saved.statements == []  # kept only with --statements
     assert any("--statements" in note for note in saved.notes)
     assert sum(1 for s in saved.samples if s.error) == 1
+    assert "67 queries sampled at 1 (in the report)" in result.stderr.decode()
 
 
 def test_querymeter_auto_in_the_environment_measures_a_program(
