@@ -442,3 +442,16 @@ def test_a_forked_child_that_exits_normally_prints_no_second_summary(tmp_path: P
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == b"parent done\n"
     assert summary_queries(result.stderr) == [(2, 0)]
+
+
+def test_drivers_option_restricts_what_the_program_counts(tmp_path: Path) -> None:
+    """--drivers psycopg leaves a sqlite3 program uncounted; --drivers sqlite3 counts it."""
+    app = write_program(tmp_path, SQLITE_PROGRAM)
+    env = clean_environment()
+    for drivers, counted in (("psycopg,sqlalchemy", (0, 0)), ("sqlite3", (67, 1))):
+        result = run([*RUN, "--drivers", drivers, "--", sys.executable, str(app)], env)
+        assert result.returncode == 0, result.stderr.decode()
+        assert summary_queries(result.stderr) == [counted]
+    unknown = run([*RUN, "--drivers", "oracledb", "--", sys.executable, str(app)], env)
+    assert unknown.returncode == 2
+    assert b"does not know the driver 'oracledb'" in unknown.stderr
