@@ -14,7 +14,10 @@ bounds.  The limits are throughputs:
 * the model's peak throughput ``X*``, past which more load only slows it.
 
 A limit ``X_lim`` is reached after ``ln(X_lim / X_now) / r`` seconds at the
-growth rate r (per second); the bounds of r give the earliest and latest.
+growth rate r (per second).  The earliest and latest come from the bounds of
+r, each line turned about the middle of the history (the median day) rather
+than about its end: the throughput now is itself an estimate, as uncertain
+as the slope that carries the middle's level to the end.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from ..trends import MIN_POINTS, Trend, trend
 from ._baseline import RecorderLike, Step, _duration, _positive_real, resolution_of, steps
 from ._trends import NotEnoughHistory, _not_enough
 
-__all__ = ["Forecast", "Horizon", "forecast", "growth_of", "scalability_model"]
+__all__ = ["Forecast", "Horizon", "daily_points", "forecast", "growth_of", "scalability_model"]
 
 _NS_PER_S = 1_000_000_000
 _SECONDS_PER_DAY = 86_400.0
@@ -54,7 +57,8 @@ class Horizon:
     in words (reached in the future, already, never).  ``throughput`` is the
     throughput at which the limit is reached (queries/s).  ``seconds`` is
     the estimate from now (the end of the recorder's history); ``earliest``
-    and ``latest`` come from the growth's upper and lower bounds.  ``0``
+    and ``latest`` come from the growth's upper and lower bounds (each line
+    through the middle of the history, so the level now is uncertain too).  ``0``
     means it is reached already; ``math.inf`` that it is not reached at that
     growth (flat or shrinking).
     """
@@ -130,25 +134,37 @@ class Forecast:
         return head + ", " + "; ".join(str(h) for h in self.horizons)
 
 
-def growth_of(held: list[Step], *, level: float) -> Trend:
-    """The Theil-Sen trend of ln(throughput per UTC day) against mid-day Unix time (s).
+def daily_points(held: list[Step]) -> list[tuple[float, float]]:
+    """(mid-day Unix time in s, ln(throughput)) per day, oldest first.
 
-    Days covered by steps over less than MIN_DAY_COVERAGE of their length,
-    and days without a query, are left out.  Raises NotEnoughHistory with
-    fewer than 3 days left.
+    The days are counted back from the end of the history, so that the
+    newest is a whole day and the points do not depend on the hour at which
+    the history ends.  Days covered by steps over less than MIN_DAY_COVERAGE
+    of their length, and days without a query, are left out.
     """
     day_ns = round(_SECONDS_PER_DAY * _NS_PER_S)
+    end_ns = held[-1].end_wall_ns if held else 0
     days: dict[int, list[int]] = {}
     for step in held:
-        key = ((step.start_wall_ns + step.end_wall_ns) // 2) // day_ns
+        key = (end_ns - (step.start_wall_ns + step.end_wall_ns) // 2) // day_ns
         figures = days.setdefault(key, [0, 0])
         figures[0] += step.interval.queries
         figures[1] += step.interval.duration_ns
     points = [
-        ((key * day_ns + day_ns / 2) / _NS_PER_S, math.log(queries * _NS_PER_S / duration_ns))
-        for key, (queries, duration_ns) in sorted(days.items())
+        (
+            (end_ns - key * day_ns - day_ns / 2) / _NS_PER_S,
+            math.log(queries * _NS_PER_S / duration_ns),
+        )
+        for key, (queries, duration_ns) in sorted(days.items(), reverse=True)
         if queries > 0 and duration_ns >= MIN_DAY_COVERAGE * day_ns
     ]
+    return points
+
+
+def growth_of(held: list[Step], *, level: float) -> Trend:
+    """The Theil-Sen trend of :func:`daily_points`; raises NotEnoughHistory with fewer
+    than 3 days."""
+    points = daily_points(held)
     if len(points) < MIN_POINTS:
         raise NotEnoughHistory(
             f"not enough history: {len(points)} days with queries covered over "
@@ -181,18 +197,35 @@ def scalability_model(held: list[Step]) -> usl.Model | None:
     return model
 
 
+@dataclass(frozen=True, slots=True)
+class _Growth:
+    """The growth's line, where it is read (now) and the point its bounds turn about."""
+
+    trend: Trend
+    now_s: float
+    pivot_s: float
+
+    def after(self, limit: float, rate: float) -> float:
+        """Seconds from now until ln(throughput) reaches ln(limit) on the line of slope
+        ``rate`` through the pivot (0 if above it now, inf if never)."""
+        if math.isinf(rate):
+            return 0.0 if rate > 0.0 else math.inf
+        pivot = self.trend.at(self.pivot_s)
+        needed = math.log(limit) - (pivot + rate * (self.now_s - self.pivot_s))
+        if needed <= 0.0:
+            return 0.0
+        return needed / rate if rate > 0.0 else math.inf
+
+
 def _horizon(
-    what: str, phrases: tuple[str, str, str], limit: float, now: float, growth: Trend
+    what: str, phrases: tuple[str, str, str], limit: float, now: float, growth: _Growth
 ) -> Horizon:
     if now >= limit:
         return Horizon(what, limit, 0.0, 0.0, 0.0, phrases)
-    needed = math.log(limit / now)
-
-    def after(rate: float) -> float:
-        return needed / rate if rate > 0.0 and math.isfinite(rate) else math.inf
-
-    earliest = 0.0 if math.isinf(growth.high) else after(growth.high)
-    return Horizon(what, limit, after(growth.slope), earliest, after(growth.low), phrases)
+    seconds = math.log(limit / now) / growth.trend.slope if growth.trend.slope > 0.0 else math.inf
+    earliest = min(seconds, growth.after(limit, growth.trend.high))
+    latest = max(seconds, growth.after(limit, growth.trend.low))
+    return Horizon(what, limit, seconds, earliest, latest, phrases)
 
 
 def forecast(
@@ -241,6 +274,9 @@ def forecast(
     service_time = sum(s.interval.busy_ns for s in recent) / queries / _NS_PER_S
     response_time = sum(s.interval.total_ns for s in recent) / queries / _NS_PER_S
     throughput = math.exp(growth.at(end_ns / _NS_PER_S))
+    times = sorted(t for t, _ in daily_points(held))
+    pivot_s = (times[(len(times) - 1) // 2] + times[len(times) // 2]) / 2
+    line = _Growth(growth, end_ns / _NS_PER_S, pivot_s)
     model = scalability_model(held)
 
     horizons = []
@@ -251,7 +287,7 @@ def forecast(
             f"utilization is at {level_text} or above already",
             f"utilization does not reach {level_text} at this growth",
         )
-        horizons.append(_horizon("utilization", phrases, target / service_time, throughput, growth))
+        horizons.append(_horizon("utilization", phrases, target / service_time, throughput, line))
     if pool is not None:
         if model is not None:
             filled = min(float(pool), model.peak_concurrency)
@@ -265,7 +301,7 @@ def forecast(
                 f"{name} is saturated already",
                 f"{name} does not saturate at this growth",
             )
-            horizons.append(_horizon("pool", phrases, limit, throughput, growth))
+            horizons.append(_horizon("pool", phrases, limit, throughput, line))
     # Only a model with coherency has a peak; with kappa = 0 (Amdahl) throughput
     # only approaches lam / sigma as the concurrency grows without bound.
     if model is not None and model.kappa > 0.0:
@@ -278,7 +314,7 @@ def forecast(
             f"throughput is at {peak} already",
             f"throughput does not reach {peak} at this growth",
         )
-        horizons.append(_horizon("peak", phrases, model.max_throughput, throughput, growth))
+        horizons.append(_horizon("peak", phrases, model.max_throughput, throughput, line))
     return Forecast(
         growth=growth,
         days=span / _SECONDS_PER_DAY,

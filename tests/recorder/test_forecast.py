@@ -10,6 +10,7 @@ import pytest
 
 from querymeter.meter import Meter as MeterType
 from querymeter.recorder import FlightRecorder
+from querymeter.recorder._baseline import steps
 from querymeter.recorder._forecast import Forecast, Horizon
 from querymeter.recorder._trends import NotEnoughHistory
 from querymeter.usl import Model
@@ -85,13 +86,39 @@ def test_utilization_and_pool_horizons_at_3_percent_a_week(Meter: type[MeterType
 
 
 def test_the_horizon_is_the_log_distance_over_the_growth_rate(Meter: type[MeterType]) -> None:
-    """seconds = ln(limit / now) / slope, earliest and latest from the slope's bounds."""
-    forecast = sequential(Meter, weeks=4, seed=2).forecast(utilization=0.9)
+    """seconds = ln(limit / now) / slope; earliest and latest from the slope's bounds, each
+    line through the middle of the history (its median day), so the level now is uncertain."""
+    recorder = sequential(Meter, weeks=4, seed=2)
+    forecast = recorder.forecast(utilization=0.9)
     (horizon,) = forecast.horizons
     needed = math.log(horizon.throughput / forecast.throughput)
     assert horizon.seconds == pytest.approx(needed / forecast.growth.slope)
-    assert horizon.earliest == pytest.approx(needed / forecast.growth.high)
-    assert horizon.latest == pytest.approx(needed / forecast.growth.low)
+    # 28 whole days counted back from the end: their median is 14 days before it.
+    end_s = steps(recorder, HOUR)[-1].end_wall_ns / NS
+    middle_s = end_s - 14 * 86_400.0
+    middle = forecast.growth.at(middle_s)
+    for bound, rate in (
+        (horizon.earliest, forecast.growth.high),
+        (horizon.latest, forecast.growth.low),
+    ):
+        now = middle + rate * (end_s - middle_s)
+        assert bound == pytest.approx((math.log(horizon.throughput) - now) / rate)
+    assert horizon.earliest < horizon.seconds < horizon.latest
+
+
+def test_the_days_do_not_depend_on_the_hour_the_history_ends(Meter: type[MeterType]) -> None:
+    """Days are counted back from the end: the same load ending at other hours of the
+    day (the simulated calendar starts at the real time the test runs) forecasts the same."""
+    recorder = sequential(Meter, weeks=2)
+    first = recorder.forecast()
+    anchor = recorder._anchor_wall_ns
+    for hours in (1, 7, 13, 23):
+        # The recorder's calendar is the wall time of its first reading: move it.
+        recorder._anchor_wall_ns = anchor + hours * 3600 * NS
+        shifted = recorder.forecast()
+        assert shifted.growth.slope == first.growth.slope, hours
+        assert (shifted.growth.low, shifted.growth.high) == (first.growth.low, first.growth.high)
+        assert str(shifted) == str(first)
 
 
 def test_a_flat_load_is_not_forecast_to_reach_its_limits(Meter: type[MeterType]) -> None:
