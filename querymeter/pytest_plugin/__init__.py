@@ -18,7 +18,7 @@ import os
 import time
 from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -216,7 +216,7 @@ def pytest_runtest_setup(item: pytest.Item) -> Generator[None, None, None]:
     result = yield
     if problem is not None:
         # The marker's fault, not the plugin's: the message without a traceback.
-        pytest.fail(f"{type(problem).__name__}: {problem}", pytrace=False)
+        _fail(f"{type(problem).__name__}: {problem}")
     return result
 
 
@@ -239,8 +239,14 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, object, object]:
         if message
     ]
     if failures:
-        pytest.fail("\n\n".join(failures), pytrace=False)
+        _fail("\n\n".join(failures))
     return result
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail the test with ``message`` alone: no traceback, and no exception the thread
+    was left handling (a leak elsewhere) shown as its context."""
+    raise pytest.fail.Exception(message, pytrace=False) from None
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import dis
 import gc
 import subprocess
@@ -538,8 +539,26 @@ def _interrupt_at_every_check(work: Callable[[], None]) -> int:
             pass
         finally:
             sys.settrace(None)
+        _forget_handled_exception()
         if not fired:
             return runs
+
+
+def _forget_handled_exception() -> None:
+    """Clear the thread's handled exception (sys.exception()) outside any handler.
+
+    CPython 3.11 leaves the exception being handled set for the rest of the
+    thread's life when a tracer raises inside an ``except`` block (a plain
+    coroutine driven as in _drive shows it, querymeter aside); every later
+    exception in the thread would show it as its context ("During handling
+    of the above exception...").  No handler is active here, so what is
+    set is that leak.
+    """
+    if sys.exception() is not None:
+        set_handled = ctypes.pythonapi.PyErr_SetHandledException
+        set_handled.argtypes = [ctypes.c_void_p]
+        set_handled.restype = None
+        set_handled(None)
 
 
 class Connection:

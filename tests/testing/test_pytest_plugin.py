@@ -176,6 +176,34 @@ def test_max_queries_lists_the_statements_the_repeated_first(inner: pytest.Pytes
     assert "pytest_plugin" not in text
 
 
+def test_a_failure_shows_no_exception_the_thread_was_left_handling(
+    inner: pytest.Pytester,
+) -> None:
+    """An exception left set as handled in the thread (CPython leaks one when a tracer
+    raises in an except block) is not shown as the failure's context."""
+    inner.makepyfile(
+        module(
+            """
+            import ctypes
+
+            @pytest.mark.max_queries(1)
+            def test_leaked():
+                set_handled = ctypes.pythonapi.PyErr_SetHandledException
+                set_handled.argtypes = [ctypes.py_object]
+                set_handled(LookupError("left over"))
+                connection = sqlite3.connect(":memory:")
+                connection.execute("select 1")
+                connection.execute("select 2")
+            """
+        )
+    )
+    result = inner.runpytest()
+    result.assert_outcomes(failed=1)
+    text = failure_text(result, "test_leaked")
+    assert "left over" not in text and "During handling" not in text
+    assert text.strip().splitlines()[0] == "2 statements ran, more than the 1 of max_queries:"
+
+
 def test_max_queries_at_its_budget_passes(inner: pytest.Pytester) -> None:
     """A test that runs exactly its budget passes; zero is a budget too."""
     inner.makepyfile(
