@@ -83,16 +83,19 @@ class MeterCore:
     def _share(self, mapping: Any, fd: int, slot: int, meter_id: int) -> None: ...
 
 class Statements:
-    """Statements(miss, max_statements, cache_limit)
+    """Statements(miss, max_statements, cache_limit, region=None, lock_fd=-1)
 
-    A meter's statement table: figures per fingerprint, found by exact text.
+    A meter's statement table: figures per fingerprint, found by exact text;
+    with a region, the table many processes share in it.
     """
 
     def __init__(
         self,
-        miss: Callable[[Any, str | None], tuple[str, str]],
+        miss: Callable[[Any, str | None], tuple[Any, ...]],
         max_statements: int,
         cache_limit: int,
+        region: Any = None,
+        lock_fd: int = -1,
     ) -> None: ...
     @property
     def size(self) -> int:

@@ -240,9 +240,10 @@ class _Entry:
 
 
 class Statements:
-    """Statements(miss, max_statements, cache_limit)
+    """Statements(miss, max_statements, cache_limit, region=None, lock_fd=-1)
 
-    A meter's statement table: figures per fingerprint, found by exact text.
+    A meter's statement table: figures per fingerprint, found by exact text;
+    with a region, the table many processes share in it.
     """
 
     __slots__ = (

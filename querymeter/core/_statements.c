@@ -1759,8 +1759,9 @@ static PyGetSetDef statements_getset[] = {
 
 static PyType_Slot statements_slots[] = {
     {Py_tp_doc, (void *)PyDoc_STR(
-        "Statements(miss, max_statements, cache_limit)\n\n"
-        "A meter's statement table: figures per fingerprint, found by exact text.")},
+        "Statements(miss, max_statements, cache_limit, region=None, lock_fd=-1)\n\n"
+        "A meter's statement table: figures per fingerprint, found by exact text;\n"
+        "with a region, the table many processes share in it.")},
     {Py_tp_new, (void *)statements_new},
     {Py_tp_dealloc, (void *)statements_dealloc},
     {Py_tp_traverse, (void *)statements_traverse},
