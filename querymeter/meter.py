@@ -12,14 +12,24 @@ import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
-from . import core
+from . import _faults, core
 from .readings import Snapshot
 from .statements import QuerySample, SampleLog, StatementTable
 
 if TYPE_CHECKING:
     from .core import Token
 
-__all__ = ["Meter", "core_module", "default_meter", "meter_argument", "meter_class", "snapshot"]
+__all__ = [
+    "Meter",
+    "QueryObserver",
+    "add_query_observer",
+    "core_module",
+    "default_meter",
+    "meter_argument",
+    "meter_class",
+    "remove_query_observer",
+    "snapshot",
+]
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -43,13 +53,22 @@ class _Core(Protocol):
     def _awaiting(self, awaitable: Awaitable[_R]) -> Awaitable[_R]: ...
     def _read(self, cls: type[_T]) -> _T: ...
     def _reset(self, meter_id: int) -> None: ...
-    def _observe(self, statements: Any, sampling: Any) -> None: ...
+    def _observe(self, statements: Any, sampling: Any, observer: Any) -> None: ...
+
+
+#: What the core calls after each query a meter counts, when asked:
+#: ``observer(sql, dialect, elapsed_ns, error, error_type)``.  ``sql`` and
+#: ``dialect`` are None where the hook does not know them; ``error_type`` is
+#: the class of the exception that ended the query (None on success, or for an
+#: error that was not an exception, such as ``end(token, error=True)``).
+QueryObserver = Callable[[Any, "str | None", int, bool, "type[BaseException] | None"], object]
 
 
 class _Observing:
-    """What a meter observes besides its counters: its statement table and its sampling."""
+    """What a meter observes besides its counters: its statement table, its
+    sampling, and the observers called with each query."""
 
-    __slots__ = ("last_sampling", "lock", "sampling", "statements")
+    __slots__ = ("last_sampling", "lock", "observers", "sampling", "statements")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
@@ -57,13 +76,69 @@ class _Observing:
         self.sampling: SampleLog | None = None
         # The samples of the latest sampling, kept after it is disabled.
         self.last_sampling: SampleLog | None = None
+        self.observers: tuple[QueryObserver, ...] = ()
 
     def apply(self, meter: _Core) -> None:
         """Hand the core what to observe; caller holds the lock."""
         meter._observe(
             None if self.statements is None else self.statements._core,
             None if self.sampling is None else self.sampling._core,
+            _one_observer(self.observers),
         )
+
+
+def _one_observer(observers: tuple[QueryObserver, ...]) -> QueryObserver | None:
+    """The one callable the core calls for ``observers``: None for none (the core
+    then skips a branch), the observer itself for one, else a fan-out."""
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+
+    def fan_out(
+        sql: Any,
+        dialect: str | None,
+        elapsed_ns: int,
+        error: bool,
+        error_type: type[BaseException] | None,
+    ) -> None:
+        for observer in observers:
+            # Each in turn: one observer's fault does not keep the query from the others.
+            try:
+                observer(sql, dialect, elapsed_ns, error, error_type)
+            except Exception as exc:  # noqa: BLE001 - a fault, as the core counts its observer's
+                _faults.report("could not call a query observer", exc)
+
+    return fan_out
+
+
+def add_query_observer(meter: Any, observer: QueryObserver) -> None:
+    """Call ``observer`` after each query ``meter`` counts (see ``QueryObserver``).
+
+    Its exceptions are faults (``querymeter.faults()``), never the
+    application's.  The same observer added twice is called twice.
+    """
+    if not callable(observer):
+        raise TypeError(f"observer must be callable, not {type(observer).__name__}")
+    observing = _observing(meter)
+    with observing.lock:
+        observing.observers = (*observing.observers, observer)
+        observing.apply(meter)
+
+
+def remove_query_observer(meter: Any, observer: QueryObserver) -> bool:
+    """Stop calling ``observer`` (once, if it was added twice); False if it was not there."""
+    observing = _observing(meter)
+    with observing.lock:
+        observers = list(observing.observers)
+        for index, added in enumerate(observers):
+            # By identity (the caller keeps what it added): an observer's __eq__ is not ours to run.
+            if added is observer:
+                del observers[index]
+                observing.observers = tuple(observers)
+                observing.apply(meter)
+                return True
+    return False
 
 
 _observing_lock = threading.Lock()
@@ -233,6 +308,9 @@ class _MeterAPI:
             observing.sampling = observing.last_sampling = SampleLog(
                 log.rate, log.slower_than, log.capacity, log.params, core_type=module.Sampling
             )
+        # Observers go on, as the table and sampling do: each is the
+        # exporter's, and the exporter decides what a child reports.
+        observing.observers = old.observers
         self._observing = observing  # type: ignore[attr-defined]
         observing.apply(self)
 

@@ -147,6 +147,7 @@ typedef struct {
     PyObject *clock;   /* NULL: the built-in monotonic clock */
     PyObject *statements;  /* a Statements the meter records into, or NULL */
     PyObject *sampling;    /* a Sampling the meter offers queries to, or NULL */
+    PyObject *observer;    /* called with each query counted (see notify_observer), or NULL */
     /* A profiling session's own statement table and sampling, and the key a
        scope carries in its focus set when the session wants its queries
        (NULL: every query). */
@@ -887,13 +888,15 @@ statement_of_call(PyObject *dialect, int layout, PyObject *const *args, Py_ssize
 static inline int
 observing(MeterObject *m)
 {
-    return m->statements != NULL || m->sampling != NULL || m->session_statements != NULL
-           || m->session_sampling != NULL || qm_scopes_open > 0;
+    return m->statements != NULL || m->sampling != NULL || m->observer != NULL
+           || m->session_statements != NULL || m->session_sampling != NULL
+           || qm_scopes_open > 0;
 }
 
-/* query_end, then the query observed (statement table, sampling) if the
-   meter counted it and observes anything.  -1 with an exception set if the
-   clock or the observing was interrupted; the query has ended all the same. */
+/* query_end, then the query observed (statement table, sampling, the
+   observer) if the meter counted it and observes anything.  -1 with an
+   exception set if the clock or the observing was interrupted; the query has
+   ended all the same. */
 static int
 query_end_observed(MeterObject *m, qm_node *node, uint64_t epoch, int error,
                    uint64_t *elapsed_out, const statement_ref *st, PyObject *error_type)
@@ -904,11 +907,24 @@ query_end_observed(MeterObject *m, qm_node *node, uint64_t epoch, int error,
     if (elapsed_out != NULL) {
         *elapsed_out = elapsed;
     }
-    if (counted && observing(m)
-        && observe(m->statements, m->sampling, m->session_statements, m->session_sampling,
-                   m->session_focus, st, elapsed, error, error_type) < 0) {
+    if (!counted || !observing(m)) {
+        return status;
+    }
+    /* The class of the exception that ended the query, taken now: an
+       interrupt while observing would be chained on top of it. */
+    PyObject *ended_by = NULL;
+    if (error && m->observer != NULL) {
+        ended_by = Py_XNewRef(error_type != NULL ? error_type : PyErr_Occurred());
+    }
+    if (observe(m->statements, m->sampling, m->session_statements, m->session_sampling,
+                m->session_focus, st, elapsed, error, error_type) < 0) {
         status = -1;
     }
+    /* Read again: the observing above may have run code that replaced it. */
+    if (m->observer != NULL && notify_observer(m->observer, st, elapsed, error, ended_by) < 0) {
+        status = -1;
+    }
+    Py_XDECREF(ended_by);
     return status;
 }
 
@@ -946,6 +962,7 @@ meter_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwa
     self->clock = NULL;
     self->statements = NULL;
     self->sampling = NULL;
+    self->observer = NULL;
     self->session_statements = NULL;
     self->session_sampling = NULL;
     self->session_focus = NULL;
@@ -1004,6 +1021,7 @@ meter_traverse(MeterObject *self, visitproc visit, void *arg)
     Py_VISIT(self->clock);
     Py_VISIT(self->statements);
     Py_VISIT(self->sampling);
+    Py_VISIT(self->observer);
     Py_VISIT(self->session_statements);
     Py_VISIT(self->session_sampling);
     Py_VISIT(self->session_focus);
@@ -1016,6 +1034,7 @@ meter_clear(MeterObject *self)
     Py_CLEAR(self->clock);
     Py_CLEAR(self->statements);
     Py_CLEAR(self->sampling);
+    Py_CLEAR(self->observer);
     Py_CLEAR(self->session_statements);
     Py_CLEAR(self->session_sampling);
     Py_CLEAR(self->session_focus);
@@ -1768,13 +1787,13 @@ meter_observe_session(MeterObject *self, PyObject *const *args, Py_ssize_t nargs
     Py_RETURN_NONE;
 }
 
-/* _observe(statements, sampling): what the meter observes of each query it
-   counts from now on (None: nothing). */
+/* _observe(statements, sampling, observer): what the meter observes of each
+   query it counts from now on (None: nothing). */
 static PyObject *
 meter_observe(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_observe() takes statements and sampling");
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "_observe() takes statements, sampling and observer");
         return NULL;
     }
     module_state *state = state_of_meter(self);
@@ -1789,8 +1808,13 @@ meter_observe(MeterObject *self, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "sampling must be a Sampling or None");
         return NULL;
     }
+    if (args[2] != Py_None && !PyCallable_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "observer must be callable or None");
+        return NULL;
+    }
     Py_XSETREF(self->statements, args[0] == Py_None ? NULL : Py_NewRef(args[0]));
     Py_XSETREF(self->sampling, args[1] == Py_None ? NULL : Py_NewRef(args[1]));
+    Py_XSETREF(self->observer, args[2] == Py_None ? NULL : Py_NewRef(args[2]));
     Py_RETURN_NONE;
 }
 
@@ -1859,8 +1883,9 @@ static PyMethodDef meter_methods[] = {
                "A profiling session's own table and sampling, for the queries of scopes "
                "whose focus holds focus (None: every query).")},
     {"_observe", (PyCFunction)(void (*)(void))meter_observe, METH_FASTCALL,
-     PyDoc_STR("_observe(statements, sampling) -> None\n\n"
-               "What the meter observes of each query it counts from now on (None: nothing).")},
+     PyDoc_STR("_observe(statements, sampling, observer) -> None\n\n"
+               "What the meter observes of each query it counts from now on (None: nothing);\n"
+               "observer(sql, dialect, elapsed_ns, error, error_type) is called after each.")},
     {"_awaiting", (PyCFunction)(void (*)(void))meter_awaiting, METH_FASTCALL,
      PyDoc_STR("_awaiting(awaitable, statement=None, /) -> awaitable counted as one query "
                "from its first step to its end.")},

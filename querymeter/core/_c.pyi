@@ -63,7 +63,12 @@ class MeterCore:
         *args: Any,
         **kwargs: Any,
     ) -> _R: ...
-    def _observe(self, statements: Statements | None, sampling: Sampling | None) -> None: ...
+    def _observe(
+        self,
+        statements: Statements | None,
+        sampling: Sampling | None,
+        observer: Callable[..., object] | None,
+    ) -> None: ...
     def _observe_session(
         self, statements: Statements | None, sampling: Sampling | None, focus: Any
     ) -> None: ...

@@ -40,6 +40,7 @@ from ._py_statements import (
     StatementRef,
     Statements,
     _current_scope,
+    notify_observer,
     observe,
     scopes_open,
 )
@@ -174,6 +175,7 @@ class MeterCore:
         "_initialized",
         "_lock",
         "_meter_id",
+        "_observer",
         "_queries",
         "_sampling",
         "_serial",
@@ -197,6 +199,7 @@ class MeterCore:
     _initialized: bool
     _lock: threading.Lock
     _meter_id: int
+    _observer: Callable[..., object] | None
     _queries: int
     _sampling: Sampling | None
     _serial: int
@@ -217,6 +220,7 @@ class MeterCore:
         self._clock = None
         self._statements = None
         self._sampling = None
+        self._observer = None
         self._session_statements = None
         self._session_sampling = None
         self._session_focus = None
@@ -356,7 +360,7 @@ class MeterCore:
         error_type: type[BaseException] | None = None,
     ) -> int:
         """End a query begun by ``_enter``; its elapsed ns.  Then observe it
-        (statement table, sampling) if the meter observes anything.
+        (statement table, sampling, the observer) if the meter observes anything.
 
         If the clock raises KeyboardInterrupt here, the query still ends (at
         the stamp) before the exception propagates: nothing stays in flight.
@@ -385,6 +389,7 @@ class MeterCore:
         return (
             self._statements is not None
             or self._sampling is not None
+            or self._observer is not None
             or self._session_statements is not None
             or self._session_sampling is not None
             or scopes_open()
@@ -401,17 +406,23 @@ class MeterCore:
             return
         if error and error_type is None:
             error_type = sys.exc_info()[0]
-        observe(
-            self._statements,
-            self._sampling,
-            self._session_statements,
-            self._session_sampling,
-            self._session_focus,
-            statement,
-            elapsed,
-            error,
-            error_type,
-        )
+        try:
+            observe(
+                self._statements,
+                self._sampling,
+                self._session_statements,
+                self._session_sampling,
+                self._session_focus,
+                statement,
+                elapsed,
+                error,
+                error_type,
+            )
+        finally:
+            # Read again: the observing above may have run code that replaced it.
+            observer = self._observer
+            if observer is not None:
+                notify_observer(observer, statement, elapsed, error, error_type)
 
     def begin(self) -> Token:
         """begin() -> token
@@ -527,17 +538,26 @@ class MeterCore:
         self._exit(start, epoch, False, _statement_of_call(self, dialect, layout, args, kwargs))
         return result
 
-    def _observe(self, statements: Statements | None, sampling: Sampling | None) -> None:
-        """_observe(statements, sampling) -> None
+    def _observe(
+        self,
+        statements: Statements | None,
+        sampling: Sampling | None,
+        observer: Callable[..., object] | None,
+    ) -> None:
+        """_observe(statements, sampling, observer) -> None
 
-        What the meter observes of each query it counts from now on (None: nothing).
+        What the meter observes of each query it counts from now on (None: nothing);
+        observer(sql, dialect, elapsed_ns, error, error_type) is called after each.
         """
         if statements is not None and type(statements) is not Statements:
             raise TypeError("statements must be a Statements or None")
         if sampling is not None and type(sampling) is not Sampling:
             raise TypeError("sampling must be a Sampling or None")
+        if observer is not None and not callable(observer):
+            raise TypeError("observer must be callable or None")
         self._statements = statements
         self._sampling = sampling
+        self._observer = observer
 
     def _observe_session(
         self, statements: Statements | None, sampling: Sampling | None, focus: Any

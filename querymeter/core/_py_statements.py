@@ -1082,3 +1082,26 @@ def observe(
             stop = stop or exc
     if stop is not None:
         raise stop
+
+
+def notify_observer(
+    observer: Callable[..., object],
+    statement: StatementRef | None,
+    elapsed: int,
+    error: bool,
+    error_type: type[BaseException] | None,
+) -> None:
+    """Call a meter's observer with a counted query:
+    ``observer(sql, dialect, elapsed_ns, error, error_type)``.
+
+    The statement's text and dialect are None where the shape does not know
+    them; ``error_type`` is None on success (and for an error that was not an
+    exception).  An Exception from the observer is a fault: counted and
+    logged, never raised.  Anything else is the application's and propagates
+    (inside the caller's ``except`` block, chained to the driver's exception).
+    """
+    dialect, sql = (None, None) if statement is None else statement[:2]
+    try:
+        observer(sql, dialect, elapsed, error, error_type if error else None)
+    except Exception as exc:  # noqa: BLE001 - ours: a fault
+        _faults.report("could not call a query observer", exc)

@@ -1,5 +1,6 @@
 /* querymeter.core._c, part two: what a meter observes of each query it has
-   counted, when asked: the statement table and the sampling decision.
+   counted, when asked: the statement table, the sampling decision and the
+   meter's observer (a callable, for the per-query exporters).
    Included by _c.c (one module, one translation unit); _py.py is the twin.
 
    A query is observed after its end is committed to the counters, so nothing
@@ -2213,4 +2214,57 @@ observe(PyObject *table_obj, PyObject *sampling_obj, PyObject *session_table_obj
     }
     PyErr_Restore(pending_type, pending_value, pending_tb);
     return 0;
+}
+
+/* Calls a meter's observer with a counted query:
+   observer(sql, dialect, elapsed_ns, error, error_type), the statement's
+   text and dialect None where the shape does not know them, error_type the
+   class of the exception that ended the query (None on success, or for an
+   error that was not an exception).  Preserves an exception in flight (the
+   driver's).  An Exception from the observer is a fault: counted and logged,
+   never raised.  Anything else (KeyboardInterrupt) is the application's:
+   -1, with it set, chained to the exception in flight. */
+static int
+notify_observer(PyObject *observer, const statement_ref *st, uint64_t elapsed, int error,
+                PyObject *error_type)
+{
+    PyObject *pending_type, *pending_value, *pending_tb;
+    PyErr_Fetch(&pending_type, &pending_value, &pending_tb);
+    /* Held: the meter's may be replaced while it runs. */
+    Py_INCREF(observer);
+    PyObject *result = NULL;
+    PyObject *elapsed_obj = PyLong_FromUnsignedLongLong(elapsed);
+    if (elapsed_obj != NULL) {
+        PyObject *args[5] = {
+            st != NULL && st->sql != NULL ? st->sql : Py_None,
+            st != NULL && st->dialect != NULL ? st->dialect : Py_None,
+            elapsed_obj,
+            error ? Py_True : Py_False,
+            error && error_type != NULL ? error_type : Py_None,
+        };
+        result = PyObject_Vectorcall(observer, args, 5, NULL);
+        Py_DECREF(elapsed_obj);
+    }
+    Py_DECREF(observer);
+    if (result != NULL) {
+        Py_DECREF(result);
+        PyErr_Restore(pending_type, pending_value, pending_tb);
+        return 0;
+    }
+    PyObject *type, *value, *tb;
+    if (PyErr_ExceptionMatches(PyExc_Exception)) {
+        PyErr_Fetch(&type, &value, &tb);
+        PyErr_NormalizeException(&type, &value, &tb);
+        int status = report_fault("could not call a query observer", value);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        if (status == 0) {
+            PyErr_Restore(pending_type, pending_value, pending_tb);
+            return 0;
+        }
+    }
+    PyErr_Fetch(&type, &value, &tb);
+    raise_with_context(type, value, tb, pending_type, pending_value, pending_tb);
+    return -1;
 }
