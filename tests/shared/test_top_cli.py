@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
@@ -41,7 +42,14 @@ DRIVER = textwrap.dedent(
 )
 
 
-def top(*args: str, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess[str]:
+def core_environment(implementation: str) -> dict[str, str]:
+    """The environment of a process that counts with the core under test."""
+    return {**os.environ, "QUERYMETER_PURE_PYTHON": "1" if implementation == "python" else "0"}
+
+
+def top(
+    *args: str, implementation: str = "c", timeout: float = DEADLINE_S
+) -> subprocess.CompletedProcess[str]:
     """python -m querymeter top ARGS, its output captured (not a terminal: plain mode)."""
     return subprocess.run(
         [sys.executable, "-m", "querymeter", "top", *args],
@@ -49,18 +57,20 @@ def top(*args: str, timeout: float = DEADLINE_S) -> subprocess.CompletedProcess[
         text=True,
         timeout=timeout,
         check=False,
+        env=core_environment(implementation),
     )
 
 
 @pytest.fixture
-def driven(tmp_path: Path) -> Iterator[tuple[Path, int]]:
-    """A shared meter's path and the pid of the process that drives it."""
+def driven(tmp_path: Path, implementation: str) -> Iterator[tuple[Path, int]]:
+    """A shared meter's path and the pid of the process that drives it (core under test)."""
     path = tmp_path / "app.querymeter"
     driver = subprocess.Popen(
         [sys.executable, "-c", DRIVER, str(path)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env=core_environment(implementation),
     )
     assert driver.stdout is not None and driver.stdin is not None
     try:
@@ -80,10 +90,10 @@ def rows(report: str, label: str) -> list[list[str]]:
 # -- plain mode ---------------------------------------------------------------------
 
 
-def test_plain_reports_per_interval(driven: tuple[Path, int]) -> None:
+def test_plain_reports_per_interval(driven: tuple[Path, int], implementation: str) -> None:
     """--count prints that many reports: the service, the driving worker, the statements."""
     path, pid = driven
-    result = top(str(path), "--count", "2", "--interval", "0.3")
+    result = top(str(path), "--count", "2", "--interval", "0.3", implementation=implementation)
     assert result.returncode == 0, result.stderr
     reports = re.split(r"\n\n(?=querymeter top  )", result.stdout)
     assert len(reports) == 2, result.stdout
@@ -97,10 +107,11 @@ def test_plain_reports_per_interval(driven: tuple[Path, int]) -> None:
         assert "insert into t" in report and "select count(*) from t" in report
 
 
-def test_once_is_one_report(driven: tuple[Path, int]) -> None:
+def test_once_is_one_report(driven: tuple[Path, int], implementation: str) -> None:
     """--once prints one report of one interval and exits 0."""
     path, _ = driven
-    result = top(str(path), "--once", "--interval", "0.2", "--statements", "0")
+    args = ("--once", "--interval", "0.2", "--statements", "0")
+    result = top(str(path), *args, implementation=implementation)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("querymeter top") == 1
     assert "statement" not in result.stdout
@@ -198,7 +209,9 @@ def service_row(screen: str) -> list[str] | None:
 
 
 @pytest.mark.parametrize("key", ["q", "C-c"])
-def test_live_view_in_tmux(tmux: Tmux, driven: tuple[Path, int], tmp_path: Path, key: str) -> None:
+def test_live_view_in_tmux(
+    tmux: Tmux, driven: tuple[Path, int], tmp_path: Path, key: str, implementation: str
+) -> None:
     """In a terminal, top redraws changing figures, and q or Ctrl-C quit it with status 0
     and the terminal as it was (modes and screen)."""
     path, pid = driven
@@ -208,8 +221,23 @@ def test_live_view_in_tmux(tmux: Tmux, driven: tuple[Path, int], tmp_path: Path,
         f"{sys.executable} -m querymeter top {path} --interval 0.3; "
         f"echo $? > {status}; stty -g > {after}; exec sleep 600"
     )
-    # The tmux server, started here, passes this process's environment on.
-    tmux("new-session", "-d", "-s", "top", "-x", "120", "-y", "40", "bash", "-c", command)
+    # The tmux server, started here, passes this process's environment on
+    # (top counts with the core under test, as the driver does).
+    tmux(
+        "new-session",
+        "-e",
+        f"QUERYMETER_PURE_PYTHON={int(implementation == 'python')}",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "120",
+        "-y",
+        "40",
+        "bash",
+        "-c",
+        command,
+    )
     first = tmux.wait_for("figures", lambda screen: service_row(screen) is not None)
     assert first.startswith(f"querymeter top  {path}  ")
     assert "q quits" in first
