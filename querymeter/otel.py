@@ -7,6 +7,8 @@
 The instruments are read from one reading per collection (one
 ``meter.snapshot()``, the pools of the SQLAlchemy engines instrumented with
 the meter, and the top statements), however many instruments there are.
+With ``histogram=True``, each query the meter counts is also recorded, as it
+ends, in the ``db.client.operation.duration`` histogram.
 See docs/export.md.
 
 Importing ``querymeter`` never imports OpenTelemetry; importing this module does
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import re
 import threading
 import weakref
 from collections.abc import Callable, Iterable
@@ -32,11 +35,21 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from . import _faults
 from ._pools import MAX_POOLS, pool_limit, pool_snapshots
-from .meter import Meter, meter_argument
+from .meter import Meter, QueryObserver, add_query_observer, meter_argument, remove_query_observer
 from .readings import Snapshot
-from .statements import StatementStats
+from .statements import StatementStats, fingerprint
+from .statements._fingerprint import DIALECTS
+from .triage import tables_of
 
-__all__ = ["MAX_POOLS", "MAX_SUMMARY_CHARS", "MetricsInstrumentation", "instrument_metrics"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "MAX_COLLECTIONS",
+    "MAX_OPERATIONS",
+    "MAX_POOLS",
+    "MAX_SUMMARY_CHARS",
+    "MetricsInstrumentation",
+    "instrument_metrics",
+]
 
 _NS_PER_S = 1e9
 
@@ -50,6 +63,23 @@ CONNECTION_STATE = "db.client.connection.state"
 QUERY_SUMMARY = "db.query.summary"
 # Ours: tells apart two statements whose summaries were cut to the same text.
 STATEMENT_ID = "querymeter.statement.id"
+
+OPERATION_DURATION = "db.client.operation.duration"
+#: The bucket boundaries, s, the semantic conventions advise for ``db.client.operation.duration``.
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+SYSTEM_NAME = "db.system.name"
+OPERATION_NAME = "db.operation.name"
+COLLECTION_NAME = "db.collection.name"
+ERROR_TYPE = "error.type"
+# The conventions' value for an error whose type is not known (end(token, error=True)).
+OTHER_ERROR = "_OTHER"
+# db.system.name by the dialect a hook gives its statements (the conventions' values).
+_SYSTEM_NAMES = {
+    "postgresql": "postgresql",
+    "mysql": "mysql",
+    "mariadb": "mariadb",
+    "sqlite": "sqlite",
+}
 
 
 class _Reading(NamedTuple):
@@ -95,25 +125,32 @@ class _Rounds:
 class MetricsInstrumentation:
     """What :func:`instrument_metrics` started; ``uninstrument()`` ends it."""
 
-    def __init__(self, meter_provider: Any, meter: Meter, statements: int) -> None:
+    def __init__(self, meter_provider: Any, meter: Meter, statements: int, histogram: bool) -> None:
         self.meter_provider = meter_provider
         self.meter = meter
         self.statements = statements
+        self.histogram = histogram
         self.active = True
         self._rounds = _Rounds(self._read)
+        # What the meter calls with each query while histogram=True: kept, to take it out.
+        self._observer: QueryObserver | None = None
 
     def uninstrument(self) -> None:
         """Stop observing: the instruments report nothing from the next collection on.
 
         The OpenTelemetry API cannot take an instrument out of its provider:
         they stay registered, empty, until ``instrument_metrics()`` is called
-        again with the provider.  Calling it again does nothing.
+        again with the provider.  The histogram records no query from now on.
+        Calling it again does nothing.
         """
         with _lock:
             self.active = False
             observed = _observed.get(self.meter_provider)
             if observed is not None and observed.current is self:
                 observed.current = None
+            observer, self._observer = self._observer, None
+            if observer is not None:
+                remove_query_observer(self.meter, observer)
 
     def _read(self) -> _Reading:
         snapshot = self.meter.snapshot()
@@ -132,7 +169,7 @@ class MetricsInstrumentation:
         state = "active" if self.active else "ended"
         return (
             f"<querymeter.otel.MetricsInstrumentation {state} meter={self.meter!r} "
-            f"statements={self.statements}>"
+            f"statements={self.statements} histogram={self.histogram}>"
         )
 
 
@@ -144,8 +181,21 @@ class _Observed:
     of a second, so instrumenting a provider again reuses these.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, otel: Any) -> None:
         self.current: MetricsInstrumentation | None = None
+        self.otel = otel  # the provider's Meter named "querymeter"
+        self._histogram: Any = None
+
+    def histogram(self) -> Any:
+        """The duration histogram, made the first time it is asked for; caller holds _lock."""
+        if self._histogram is None:
+            self._histogram = self.otel.create_histogram(
+                OPERATION_DURATION,
+                unit="s",
+                description="Duration of database client operations.",
+                explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+            )
+        return self._histogram
 
     def callback(
         self, name: str, observe: Callable[[_Reading], Iterable[Observation]]
@@ -169,8 +219,9 @@ _observed: weakref.WeakKeyDictionary[Any, _Observed] = weakref.WeakKeyDictionary
 
 
 def _after_fork_in_child() -> None:
-    global _lock
+    global _lock, _attributes
     _lock = threading.Lock()
+    _attributes = {}
     for instrumentation in list(_live):
         instrumentation._rounds.renew_after_fork()
 
@@ -191,15 +242,21 @@ def instrument_metrics(
     *,
     meter: Meter | None = None,
     statements: int = 10,
+    histogram: bool = False,
 ) -> MetricsInstrumentation:
     """Register observable instruments for ``meter`` (the default meter if None)
     with ``meter_provider`` (the global one if None).
 
     ``statements`` is how many statements, those with the most total time in
     ``meter.statements`` (when statement aggregation is on), are observed by
-    fingerprint; 0 for none.  One instrumentation per provider at a time:
-    again while one is active raises ValueError.  Returns the
-    instrumentation; its ``uninstrument()`` ends it.
+    fingerprint; 0 for none.  ``histogram=True`` also records each query the
+    meter counts, as it ends, in the ``db.client.operation.duration``
+    histogram (s, the conventions' buckets ``DURATION_BUCKETS``), with
+    ``db.system.name``, ``db.operation.name`` and ``db.collection.name`` where
+    the hook knows the statement, and ``error.type`` when it failed; this costs
+    the SDK's recording on every query (see docs/export.md).  One
+    instrumentation per provider at a time: again while one is active raises
+    ValueError.  Returns the instrumentation; its ``uninstrument()`` ends it.
     """
     if meter_provider is not None and not isinstance(meter_provider, metrics.MeterProvider):
         raise TypeError(
@@ -211,19 +268,24 @@ def instrument_metrics(
         raise TypeError(f"statements must be an int, not {type(statements).__name__}")
     if statements < 0:
         raise ValueError(f"statements must be 0 or more, not {statements}")
+    if not isinstance(histogram, bool):
+        raise TypeError(f"histogram must be a bool, not {type(histogram).__name__}")
     provider = metrics.get_meter_provider() if meter_provider is None else meter_provider
     with _lock:
         observed = _observed.get(provider)
         if observed is None:
-            observed = _Observed()
-            _register(observed, provider.get_meter("querymeter", _version()))
+            observed = _Observed(provider.get_meter("querymeter", _version()))
+            _register(observed, observed.otel)
             _observed[provider] = observed
         elif observed.current is not None:
             raise ValueError(
                 "this meter provider already observes a querymeter meter; call "
                 "uninstrument() on its instrumentation first"
             )
-        instrumentation = MetricsInstrumentation(provider, counted, statements)
+        instrumentation = MetricsInstrumentation(provider, counted, statements, histogram)
+        if histogram:
+            instrumentation._observer = _duration_recorder(observed.histogram())
+            add_query_observer(counted, instrumentation._observer)
         observed.current = instrumentation
         _live.add(instrumentation)
     return instrumentation
@@ -371,3 +433,130 @@ def _statement_attributes(stats: StatementStats) -> dict[str, str]:
         QUERY_SUMMARY: stats.fingerprint[:MAX_SUMMARY_CHARS],
         STATEMENT_ID: stats.statement_id,
     }
+
+
+# ------------------------------------------------------------ the histogram
+
+# The attributes of each statement text, by (text, dialect): a repeated
+# statement costs one dictionary lookup.  Bounded: emptied when full (a
+# workload of more distinct texts pays the fingerprint's cache lookup again).
+_ATTRIBUTES_MAX_ENTRIES = 10_000
+_ATTRIBUTES_MAX_TEXT_CHARS = 16_384
+_attributes: dict[tuple[object, object], dict[str, str]] = {}
+# Every distinct value is a series of its own in the SDK, for the life of the
+# process: past these many distinct names, a new one is left out.
+#: At most this many distinct ``db.operation.name`` values are exported per process.
+MAX_OPERATIONS = 100
+#: At most this many distinct ``db.collection.name`` values are exported per process.
+MAX_COLLECTIONS = 1000
+_operations: set[str] = set()
+_collections: set[str] = set()
+_error_names: dict[type, str] = {}
+_ERROR_NAMES_MAX = 256
+
+# A statement's first word; then, after WITH, the first word at depth 0 that is
+# a statement of its own (the CTEs' bodies are in parentheses).
+_FIRST_WORD = re.compile(r"[(\s]*([a-z]+)\b")
+_WORD_OR_PAREN = re.compile(r"[()]|\b[a-z]+\b")
+_AFTER_WITH = frozenset({"select", "insert", "update", "delete", "merge"})
+
+
+def _duration_recorder(histogram: Any) -> QueryObserver:
+    """The meter's observer that records each query in ``histogram``, in seconds."""
+    record = histogram.record
+
+    def record_duration(
+        sql: Any,
+        dialect: str | None,
+        elapsed_ns: int,
+        error: bool,
+        error_type: type[BaseException] | None,
+    ) -> None:
+        try:
+            attributes = _attributes[sql, dialect]
+        except (KeyError, TypeError):  # TypeError: a text that cannot be a key
+            attributes = _query_attributes(sql, dialect)
+        if error:
+            attributes = {**attributes, ERROR_TYPE: _error_name(error_type)}
+        record(elapsed_ns / _NS_PER_S, attributes)
+
+    return record_duration
+
+
+def _query_attributes(sql: Any, dialect: str | None) -> dict[str, str]:
+    """db.system.name from the dialect, db.operation.name and db.collection.name
+    from the statement's fingerprint; cached by text and dialect."""
+    attributes: dict[str, str] = {}
+    system = _SYSTEM_NAMES.get(dialect) if isinstance(dialect, str) else None
+    if system is not None:
+        attributes[SYSTEM_NAME] = system
+    if isinstance(sql, (str, bytes)) and sql:
+        try:
+            statement = fingerprint(sql, dialect if dialect in DIALECTS else None)
+        except Exception as exc:  # noqa: BLE001 - the duration goes out without them
+            _faults.report("otel: could not fingerprint a statement", exc)
+        else:
+            operation = _operation_name(statement)
+            if operation is not None and _bounded(_operations, operation, MAX_OPERATIONS):
+                attributes[OPERATION_NAME] = operation
+            # The conventions want the collection only when the call is on one.
+            tables = tables_of(statement)
+            if len(tables) == 1 and _bounded(_collections, tables[0], MAX_COLLECTIONS):
+                attributes[COLLECTION_NAME] = tables[0]
+        if len(sql) <= _ATTRIBUTES_MAX_TEXT_CHARS:
+            cache = _attributes
+            if len(cache) >= _ATTRIBUTES_MAX_ENTRIES:
+                cache.clear()
+            cache[sql, dialect] = attributes
+    return attributes
+
+
+def _bounded(seen: set[str], name: str, limit: int) -> bool:
+    """Whether ``name`` may be exported: seen before, or one of the first ``limit``."""
+    if name in seen:
+        return True
+    if len(seen) >= limit:
+        return False
+    seen.add(name)
+    return True
+
+
+def _operation_name(statement: str) -> str | None:
+    """The statement's operation, upper case (SELECT, INSERT, CREATE...), from its
+    fingerprint; None for several statements, whose call has no single operation."""
+    if ";" in statement.rstrip("; "):
+        return None
+    first = _FIRST_WORD.match(statement)
+    if first is None:
+        return None
+    word: str | None = first.group(1)
+    if word == "with":
+        word, depth = None, 0
+        for token in _WORD_OR_PAREN.finditer(statement, first.end()):
+            text = token.group()
+            if text == "(":
+                depth += 1
+            elif text == ")":
+                depth -= 1
+            elif depth == 0 and text in _AFTER_WITH:
+                word = text
+                break
+    return None if word is None else word.upper()
+
+
+def _error_name(error_type: type[BaseException] | None) -> str:
+    """error.type: the exception class's module-qualified name (builtins bare)."""
+    if error_type is None:
+        return OTHER_ERROR
+    try:
+        return _error_names[error_type]
+    except KeyError:
+        pass
+    module = getattr(error_type, "__module__", None)
+    name = getattr(error_type, "__qualname__", None) or error_type.__name__
+    if isinstance(module, str) and module != "builtins":
+        name = f"{module}.{name}"
+    if len(_error_names) >= _ERROR_NAMES_MAX:
+        _error_names.clear()
+    _error_names[error_type] = name
+    return name
