@@ -8,8 +8,10 @@ function.  Each level warms up, then is measured as one
 concurrency and throughput, for the Universal Scalability Law.  The
 :class:`ScalingResult` holds the levels, the fitted
 :class:`~querymeter.usl.Model` (None when it cannot be fitted), and what the
-model means in plain words (:func:`querymeter.usl.read_fit`); the report
-renders it (``querymeter.report.render_scaling_text``, ``_json``, ``_html``).
+model means in plain words (:func:`querymeter.usl.read_fit`);
+``result.render("text" | "json" | "html")`` and ``result.save(path)`` turn
+it into a report (``querymeter.report.render_scaling_text``, ``_json``,
+``_html``).
 :func:`measure` yields the levels one by one as each ends, for a live display.
 
 Two error counts, kept apart: a query that raises is counted by the meter's
@@ -30,9 +32,10 @@ import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from . import usl
+from . import report, usl
 from .meter import Meter, meter_argument
 from .readings import Interval, Snapshot
 
@@ -137,6 +140,46 @@ class ScalingResult:
     def describes_data(self) -> bool:
         """Whether the model describes the measurements well enough to read predictions from it."""
         return self.reading.describes_data
+
+    def render(self, format: str = "text") -> str:
+        """The run as ``"text"`` (a terminal's 88 columns), ``"json"`` or ``"html"`` (one page).
+
+        The text is the levels table and the model in words; the JSON, every
+        counter and figure of each level, the model with its confidence
+        intervals, and the reading; the HTML, both and two SVG charts.
+        Raises ValueError for another format.
+        """
+        renderer = _RENDERERS.get(format) if isinstance(format, str) else None
+        if renderer is None:
+            raise ValueError(
+                f"format must be one of {', '.join(map(repr, _RENDERERS))}, got {format!r}"
+            )
+        return renderer(self)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write :meth:`render` to ``path``, the format chosen by its suffix.
+
+        ``.txt``, ``.json`` or ``.html``; the text and JSON end with a newline.
+        Returns the path.  Raises ValueError for another suffix and OSError
+        where the file cannot be written.
+        """
+        target = Path(path)
+        kind = _SUFFIXES.get(target.suffix.lower())
+        if kind is None:
+            raise ValueError(
+                f"cannot tell the format of {str(target)!r}: use one of {', '.join(_SUFFIXES)}"
+            )
+        text = self.render(kind)
+        target.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+        return target
+
+
+_RENDERERS: dict[str, Callable[[ScalingResult], str]] = {
+    "text": report.render_scaling_text,
+    "json": report.render_scaling_json,
+    "html": report.render_scaling_html,
+}
+_SUFFIXES = {".txt": "text", ".json": "json", ".html": "html"}
 
 
 # -- validation -----------------------------------------------------------------

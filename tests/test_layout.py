@@ -110,7 +110,7 @@ MAY_IMPORT = {
     # Many processes: the counters (and statements) in one shared file.
     "shared": {"faults", "core", "meter", "readings", "statements", "laws", "report"},
     # Scalability runs: a workload at each concurrency level, fitted to the USL.
-    "scaling": {"faults", "core", "meter", "readings", "laws"},
+    "scaling": {"faults", "core", "meter", "readings", "laws", "report"},
     # The pytest plugin and the benchmark helpers: the package's own plugin.
     "testing": {
         "package",

@@ -35,6 +35,15 @@ from ._html import (
 )
 from ._json import json_document, render_json
 from ._markdown import render_markdown
+from ._scaling import (
+    SCALING_COLUMNS,
+    ScalingData,
+    ScalingLevelData,
+    render_scaling_html,
+    render_scaling_json,
+    render_scaling_text,
+    scaling_document,
+)
 from ._session import render_session_html, render_session_markdown
 from ._text import WIDTH as TEXT_WIDTH
 from ._text import fit_text, render_text, text_header, text_legend, text_level
@@ -51,10 +60,13 @@ __all__ = [
     "MARGIN_TOP",
     "POOR_R_SQUARED",
     "ROUGH_R_SQUARED",
+    "SCALING_COLUMNS",
     "TEXT_WIDTH",
     "WIDTH",
     "FitReading",
     "Measurement",
+    "ScalingData",
+    "ScalingLevelData",
     "Series",
     "fit_text",
     "json_document",
@@ -64,9 +76,13 @@ __all__ = [
     "render_html",
     "render_json",
     "render_markdown",
+    "render_scaling_html",
+    "render_scaling_json",
+    "render_scaling_text",
     "render_session_html",
     "render_session_markdown",
     "render_text",
+    "scaling_document",
     "svg_chart",
     "text_header",
     "text_legend",

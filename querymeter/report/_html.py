@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from ..readings import Interval
 from ..usl import Model
 from ._content import COLUMNS, FitReading, Measurement, level_points, qps, read_fit
 
@@ -172,28 +173,15 @@ dl.columns dt { font-weight: 600; } dl.columns dd { margin: 0; }
 """
 
 
-def render_html(
-    levels: Sequence[Measurement],
-    model: Model | None,
-    *,
-    database: str,
-    implementation: str,
-    duration_s: float,
-    generated: str,
-    fit_problem: str | None = None,
-    reading: FitReading | None = None,
-    notice: str | None = None,
-) -> str:
-    """The whole report: run details, the levels table, the model read in words, two charts.
+def chart_series(
+    intervals: Sequence[Interval], model: Model | None, reading: FitReading
+) -> tuple[list[Series], list[Series]]:
+    """The two charts' series: throughput and response time against concurrency.
 
-    ``reading`` is :func:`read_fit` of the model (computed here when not
-    given); ``notice`` is a sentence shown on top, such as an interruption.
+    The measured points of the intervals, and the model's curves: drawn as a
+    result when ``reading`` says that it describes the data, dashed otherwise.
     """
-    if reading is None:
-        reading = read_fit(model, level_points(levels), fit_problem=fit_problem)
-    measured = [
-        (level.interval.concurrency or 0.0, level.interval.throughput or 0.0) for level in levels
-    ]
+    measured = [(interval.concurrency or 0.0, interval.throughput or 0.0) for interval in intervals]
     n_max = max((n for n, _ in measured), default=1.0) * 1.25
     # The model is drawn where there are measurements: below the first level
     # it would be an extrapolation of the (N - 1) terms, not a prediction.
@@ -203,8 +191,8 @@ def render_html(
         Series(
             "measured",
             [
-                (level.interval.concurrency or 0.0, (level.interval.response_time or 0.0) * 1000)
-                for level in levels
+                (interval.concurrency or 0.0, (interval.response_time or 0.0) * 1000)
+                for interval in intervals
             ],
             "#0969da",
         )
@@ -232,18 +220,34 @@ def render_html(
         response_series.append(
             Series(label, _curve(model, n_min, n_max, "response_time"), "#8c959f", "dashed")
         )
+    return throughput_series, response_series
+
+
+def render_html(
+    levels: Sequence[Measurement],
+    model: Model | None,
+    *,
+    database: str,
+    implementation: str,
+    duration_s: float,
+    generated: str,
+    fit_problem: str | None = None,
+    reading: FitReading | None = None,
+    notice: str | None = None,
+) -> str:
+    """The whole report: run details, the levels table, the model read in words, two charts.
+
+    ``reading`` is :func:`read_fit` of the model (computed here when not
+    given); ``notice`` is a sentence shown on top, such as an interruption.
+    """
+    if reading is None:
+        reading = read_fit(model, level_points(levels), fit_problem=fit_problem)
+    throughput_series, response_series = chart_series(
+        [level.interval for level in levels], model, reading
+    )
 
     rows = "\n".join(
-        "<tr>"
-        f"<td>{level.threads}</td>"
-        f"<td>{_cell(level.interval.concurrency, '.2f')}</td>"
-        f"<td>{_cell(level.interval.throughput, ',.0f')}</td>"
-        f"<td>{_cell(_ms(level.interval.response_time), '.3f')}</td>"
-        f"<td>{_cell(level.interval.utilization, '.2f')}</td>"
-        f"<td>{_cell(_ms(level.interval.service_time), '.3f')}</td>"
-        f"<td>{level.interval.queries:,}</td><td>{level.interval.errors:,}</td>"
-        "</tr>"
-        for level in levels
+        f"<tr><td>{level.threads}</td>{interval_cells(level.interval)}</tr>" for level in levels
     )
     columns = "\n".join(
         f"<dt>{html.escape(name)}</dt><dd>{html.escape(meaning)}</dd>" for name, meaning in COLUMNS
@@ -300,6 +304,18 @@ def render_html(
 </body>
 </html>
 """
+
+
+def interval_cells(interval: Interval) -> str:
+    """An interval's N, X, R (ms), U, S (ms), queries and errors as table cells."""
+    return (
+        f"<td>{_cell(interval.concurrency, '.2f')}</td>"
+        f"<td>{_cell(interval.throughput, ',.0f')}</td>"
+        f"<td>{_cell(_ms(interval.response_time), '.3f')}</td>"
+        f"<td>{_cell(interval.utilization, '.2f')}</td>"
+        f"<td>{_cell(_ms(interval.service_time), '.3f')}</td>"
+        f"<td>{interval.queries:,}</td><td>{interval.errors:,}</td>"
+    )
 
 
 def _ms(seconds: float | None) -> float | None:

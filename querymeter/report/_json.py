@@ -11,6 +11,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from ..readings import Interval
 from ..usl import Model
 from ._content import FitReading, Measurement, level_points, read_fit
 
@@ -19,10 +20,9 @@ def _finite(value: float | None) -> float | None:
     return None if value is None or not math.isfinite(value) else value
 
 
-def _level(level: Measurement) -> dict[str, Any]:
-    interval = level.interval
+def interval_fields(interval: Interval) -> dict[str, Any]:
+    """An interval's counters (ns, counts) and its figures (seconds, queries/s), for JSON."""
     return {
-        "threads": level.threads,
         "duration_ns": interval.duration_ns,
         "queries": interval.queries,
         "errors": interval.errors,
@@ -33,6 +33,13 @@ def _level(level: Measurement) -> dict[str, Any]:
         "response_time_s": interval.response_time,
         "utilization": interval.utilization,
         "service_time_s": interval.service_time,
+    }
+
+
+def _level(level: Measurement) -> dict[str, Any]:
+    return {
+        "threads": level.threads,
+        **interval_fields(level.interval),
         "first_error": level.first_error,
     }
 

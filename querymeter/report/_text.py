@@ -6,6 +6,7 @@ import math
 import textwrap
 from collections.abc import Sequence
 
+from ..readings import Interval
 from ..usl import Model
 from ._content import COLUMNS, FitReading, Measurement, level_points, read_fit
 
@@ -47,18 +48,21 @@ def text_header() -> str:
     return _row("threads", "N", "X (queries/s)", "R (ms)", "U", "S (ms)", "errors")
 
 
-def text_level(level: Measurement) -> str:
-    """One level's line of the table, and a second line when its queries raised errors."""
-    interval = level.interval
-    line = _row(
-        level.threads,
+def interval_cells(interval: Interval) -> tuple[str, str, str, str, str]:
+    """An interval's N, X (queries/s), R (ms), U and S (ms) as printed; "-" where undefined."""
+    return (
         _number(interval.concurrency, ".2f"),
         _number(interval.throughput, ",.0f"),
         _number(None if interval.response_time is None else interval.response_time * 1e3, ".3f"),
         _number(interval.utilization, ".2f"),
         _number(None if interval.service_time is None else interval.service_time * 1e3, ".3f"),
-        f"{interval.errors:,}",
     )
+
+
+def text_level(level: Measurement) -> str:
+    """One level's line of the table, and a second line when its queries raised errors."""
+    interval = level.interval
+    line = _row(level.threads, *interval_cells(interval), f"{interval.errors:,}")
     if not interval.errors:
         return line
     first = f"; the first: {_first_line(level.first_error)}" if level.first_error else ""
