@@ -150,3 +150,54 @@ def test_an_async_workload_that_never_suspends_still_ends(Meter: type[MeterType]
     result = scaling.run(workload, levels=(1, 2, 3), duration=0.2, warmup=0, meter=meter)
     assert all(level.interval.queries > 0 for level in result.levels)
     assert all(level.errors == 0 for level in result.levels)
+
+
+def test_a_slow_workload_that_raises_at_every_call_stops_at_the_levels_end(
+    Meter: type[MeterType],
+) -> None:
+    """Fewer calls than the early stop needs, all raising: the level ends, then the run stops."""
+    meter = Meter()
+    calls = itertools.count(1)
+
+    def workload() -> None:
+        number = next(calls)
+        with meter.track():
+            time.sleep(0.02)
+        raise LookupError(f"call {number}")
+
+    started = time.monotonic()
+    with pytest.raises(scaling.WorkloadError, match="raised at every call") as caught:
+        scaling.run(workload, levels=(1, 2), duration=0.3, warmup=0, meter=meter)
+    # About 15 calls in the level's 0.3 s, far from the early stop's count.
+    assert next(calls) - 1 < scaling.ALL_FAILED_AFTER
+    assert "at 1 workers, the first: LookupError: call 1" in str(caught.value)
+    assert isinstance(caught.value.__cause__, LookupError)
+    assert time.monotonic() - started < 5  # one level, not two; a guard against a hang
+    assert meter.snapshot().concurrency == 0
+
+
+def test_an_async_workload_that_raises_sometimes_is_counted_not_fatal(
+    Meter: type[MeterType],
+) -> None:
+    """An async call that raises every third time counts in level.errors and the run goes on."""
+    meter = Meter()
+    numbers = itertools.count(1)
+
+    @meter.tracked
+    async def query(number: int) -> None:
+        await asyncio.sleep(0.002)
+        if number % 3 == 0:
+            raise ValueError(f"call {number}")
+
+    async def workload() -> None:
+        await query(next(numbers))
+
+    result = scaling.run(workload, levels=LEVELS, duration=0.4, warmup=0.05, meter=meter)
+    assert [level.workers for level in result.levels] == list(LEVELS)
+    for level in result.levels:
+        interval = level.interval
+        assert level.calls > 0 and interval.queries > 0
+        assert abs(level.errors - level.calls / 3) <= level.workers + 1, level
+        assert abs(interval.errors - level.errors) <= 2 * level.workers, level
+        assert level.first_error is not None and level.first_error.startswith("ValueError: call")
+    assert result.model is not None
