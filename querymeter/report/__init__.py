@@ -5,6 +5,9 @@ threads and :class:`~querymeter.readings.Interval`, and a
 :class:`~querymeter.usl.Model`) and imports nothing but the readings and the
 laws.  :func:`read_fit` says what the model means, once, and every format
 says the same: one module per format, one ``render_<format>`` function each.
+A scalability run (``querymeter.scaling.ScalingResult``, read through the
+:class:`ScalingData` protocol) has its own three: ``render_scaling_text``,
+``_json`` and ``_html``.
 """
 
 from __future__ import annotations
