@@ -34,10 +34,12 @@ lock is held only by the recorder and by its readers.
 
 from __future__ import annotations
 
+import array
 import dataclasses
 import heapq
 import importlib
 import math
+import operator
 import os
 import queue
 import signal
@@ -56,7 +58,7 @@ from ..markers import markers as _all_markers
 from ..meter import Meter, meter_argument
 from ..readings import Interval, Snapshot
 from ..statements import StatementsInterval, StatementStats
-from ..statements._readings import _minus, _stats
+from ..statements._readings import _empty, _midpoint, _minus, _stats
 
 __all__ = [
     "DEFAULT_RESOLUTIONS",
@@ -81,7 +83,11 @@ _JOIN_TIMEOUT_S = 10.0
 # A raw row of the core's table reading (see statements._readings._stats):
 # (fingerprint, sample, serial, calls, errors, total, total_sq, min, max,
 #  rows, rows_calls, first_seen, last_seen, histogram_lo, histogram).
-_FP, _SERIAL, _CALLS, _ERRORS, _TOTAL, _TOTAL_SQ, _ROWS, _ROWS_CALLS = 0, 2, 3, 4, 5, 6, 9, 10
+_FP, _SAMPLE, _SERIAL, _CALLS, _ERRORS, _TOTAL, _TOTAL_SQ = 0, 1, 2, 3, 4, 5, 6
+_MIN, _MAX, _ROWS, _ROWS_CALLS, _FIRST_SEEN, _LAST_SEEN = 7, 8, 9, 10, 11, 12
+_LO, _HISTOGRAM = 13, 14
+# The fields a table's totals sum: calls, errors, total, total_sq, rows, rows_calls.
+_SUMMED = (_CALLS, _ERRORS, _TOTAL, _TOTAL_SQ, _ROWS, _ROWS_CALLS)
 _EMPTY_ROW: tuple[Any, ...] = ("", "", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b"")
 _REST_LABEL = "(other statements)"
 
@@ -156,6 +162,8 @@ class _TableReading:
     evicted: tuple[Any, ...]
     untexted: tuple[Any, ...]
     rows: dict[str, tuple[Any, ...]]
+    #: The rows' and the evicted row's totals (see _SUMMED).
+    sums: tuple[int, ...]
 
 
 class _Ring:
@@ -220,20 +228,78 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def _trimmed(stats: StatementStats) -> StatementStats:
-    """The same figures with the histogram cut to its first and last non-empty bucket."""
-    counts = memoryview(stats.histogram).cast("Q")
+def _trim(lo: int, counts: list[int]) -> tuple[int, list[int]]:
+    """The histogram cut to its first and last non-empty bucket (all of them between)."""
     first = next((i for i, count in enumerate(counts) if count), None)
     if first is None:
-        return dataclasses.replace(stats, histogram_lo=0, histogram=b"")
-    last = max(i for i in range(first, len(counts)) if counts[i])
-    if first == 0 and last == len(counts) - 1:
-        return stats
-    return dataclasses.replace(
-        stats,
-        histogram_lo=stats.histogram_lo + first,
-        histogram=stats.histogram[first * 8 : (last + 1) * 8],
+        return 0, []
+    last = len(counts) - 1
+    while not counts[last]:
+        last -= 1
+    return lo + first, counts[first : last + 1]
+
+
+def _delta_stats(row: tuple[Any, ...], earlier: tuple[Any, ...] | None) -> StatementStats:
+    """A statement's figures between two raw readings of its row (``earlier`` None:
+    all of ``row`` is new), histogram trimmed; as ``StatementStats.__sub__`` gives them."""
+    calls = row[_CALLS] - (0 if earlier is None else earlier[_CALLS])
+    if calls <= 0:
+        # No call between the readings (the evicted or untexted row, say).
+        return _empty(_stats(row))
+    lo = row[_LO]
+    counts = list(memoryview(row[_HISTOGRAM]).cast("Q"))
+    min_ns, max_ns = row[_MIN], row[_MAX]
+    base = _EMPTY_ROW if earlier is None else earlier
+    if earlier is not None and earlier[_CALLS]:
+        before = memoryview(earlier[_HISTOGRAM]).cast("Q")
+        offset = earlier[_LO] - lo
+        if offset < 0:
+            # Earlier buckets below the current window were folded into its lowest.
+            counts[0] -= sum(before[: 1 - offset])
+            before, offset = before[1 - offset :], 1
+        end = min(offset + len(before), len(counts))
+        if end > offset:
+            counts[offset:end] = [
+                a - b for a, b in zip(counts[offset:end], before[: end - offset], strict=True)
+            ]
+        counts = [count if count > 0 else 0 for count in counts]
+    lo, counts = _trim(lo, counts)
+    if earlier is not None and earlier[_CALLS] and counts:
+        # An interval's extremes are known to the histogram's precision only.
+        min_ns = min(max(_midpoint(lo), row[_MIN]), row[_MAX])
+        max_ns = min(max(_midpoint(lo + len(counts) - 1), row[_MIN]), row[_MAX])
+    return StatementStats(
+        fingerprint=row[_FP],
+        sample_sql=row[_SAMPLE],
+        calls=calls,
+        errors=row[_ERRORS] - base[_ERRORS],
+        total_ns=row[_TOTAL] - base[_TOTAL],
+        min_ns=min_ns,
+        max_ns=max_ns,
+        rows=row[_ROWS] - base[_ROWS] if row[_ROWS_CALLS] else None,
+        first_seen_ns=(
+            row[_FIRST_SEEN] if earlier is None or not earlier[_CALLS] else earlier[_LAST_SEEN]
+        ),
+        last_seen_ns=row[_LAST_SEEN],
+        total_sq=row[_TOTAL_SQ] - base[_TOTAL_SQ],
+        histogram_lo=lo,
+        histogram=array.array("Q", counts).tobytes(),
+        serial=row[_SERIAL],
     )
+
+
+def _retrimmed(stats: StatementStats) -> StatementStats:
+    """``stats`` with its histogram trimmed again (after a subtraction)."""
+    lo, counts = _trim(stats.histogram_lo, list(memoryview(stats.histogram).cast("Q")))
+    if lo == stats.histogram_lo and len(counts) * 8 == len(stats.histogram):
+        return stats
+    return dataclasses.replace(stats, histogram_lo=lo, histogram=array.array("Q", counts).tobytes())
+
+
+def _sums(rows: Iterable[tuple[Any, ...]], evicted: tuple[Any, ...]) -> tuple[int, ...]:
+    """The table's cumulative totals: every row's and the evicted row's, per summed field."""
+    listed = list(rows)
+    return tuple(sum(map(operator.itemgetter(field), listed)) + evicted[field] for field in _SUMMED)
 
 
 class FlightRecorder:
@@ -429,7 +495,14 @@ class FlightRecorder:
         if table is None:
             return None
         dropped, evicted, untexted, rows = table._core._read()
-        return _TableReading(table.table_id, dropped, evicted, untexted, {r[_FP]: r for r in rows})
+        return _TableReading(
+            table.table_id,
+            dropped,
+            evicted,
+            untexted,
+            dict(zip(map(operator.itemgetter(_FP), rows), rows, strict=True)),
+            _sums(rows, evicted),
+        )
 
     def _step_statements(
         self,
@@ -438,40 +511,81 @@ class FlightRecorder:
         start: Snapshot,
         end: Snapshot,
     ) -> StepStatements:
-        """What ran between two cumulative readings of the table: top by time, the rest summed."""
+        """What ran between two cumulative readings of the table: top by time, the rest summed.
+
+        One pass over the rows finds those that changed and by how much time;
+        the top are made from their two raw rows; the rest is what remains of
+        the table's totals (rows and evicted, whose sum only grows by the step's
+        calls, eviction moving counts from a row to the evicted row).
+        """
         same_table = before is not None and before.table_id == now.table_id
         earlier_rows = before.rows if before is not None and same_table else {}
-        changed: list[tuple[int, str, tuple[Any, ...], tuple[Any, ...] | None]] = []
+        get = earlier_rows.get
+        # (-Δtotal, fingerprint): heapq compares them in C, ties in fingerprint order.
+        changed: list[tuple[int, str]] = []
+        append = changed.append
         for fingerprint, row in now.rows.items():
-            earlier = earlier_rows.get(fingerprint)
+            earlier = get(fingerprint)
             if earlier is None or earlier[_SERIAL] != row[_SERIAL]:
                 if row[_CALLS]:
-                    changed.append((row[_TOTAL], fingerprint, row, None))
+                    append((-row[_TOTAL], fingerprint))
             elif row[_CALLS] != earlier[_CALLS]:
-                changed.append((row[_TOTAL] - earlier[_TOTAL], fingerprint, row, earlier))
-        top = heapq.nsmallest(
-            self.statements_per_step, changed, key=lambda item: (-item[0], item[1])
-        )
-        chosen = {item[1] for item in top}
+                append((earlier[_TOTAL] - row[_TOTAL], fingerprint))
         statements = []
-        for _, _, row, earlier in top:
-            stats = _stats(row)
-            if earlier is not None:
-                stats = _minus(stats, _stats(earlier))
-            statements.append(_trimmed(stats))
-        rest_calls = rest_errors = rest_total = rest_total_sq = rest_rows = 0
-        rest_has_rows = False
-        for _, fingerprint, row, earlier in changed:
-            if fingerprint in chosen:
-                continue
-            base: tuple[Any, ...] = earlier if earlier is not None else _EMPTY_ROW
-            rest_calls += row[_CALLS] - base[_CALLS]
-            rest_errors += row[_ERRORS] - base[_ERRORS]
-            rest_total += row[_TOTAL] - base[_TOTAL]
-            rest_total_sq += row[_TOTAL_SQ] - base[_TOTAL_SQ]
-            if row[_ROWS_CALLS]:
-                rest_has_rows = True
-                rest_rows += row[_ROWS] - base[_ROWS]
+        for _, fingerprint in heapq.nsmallest(self.statements_per_step, changed):
+            row = now.rows[fingerprint]
+            earlier = get(fingerprint)
+            if earlier is not None and earlier[_SERIAL] != row[_SERIAL]:
+                earlier = None
+            statements.append(_delta_stats(row, earlier))
+        if same_table and before is not None:
+            evicted = _delta_stats(now.evicted, before.evicted)
+            evicted_rows_calls = now.evicted[_ROWS_CALLS] - before.evicted[_ROWS_CALLS]
+            if now.dropped != before.dropped:
+                # A statement evicted in the step took its calls from before
+                # the step into `evicted` too: those are not the step's.
+                for fingerprint, earlier in before.rows.items():
+                    current = now.rows.get(fingerprint)
+                    if current is None or current[_SERIAL] != earlier[_SERIAL]:
+                        evicted = _minus(evicted, _stats(earlier))
+                        evicted_rows_calls -= earlier[_ROWS_CALLS]
+                evicted = _retrimmed(evicted)
+            untexted = _delta_stats(now.untexted, before.untexted)
+            dropped = now.dropped - before.dropped
+            step_sums = [a - b for a, b in zip(now.sums, before.sums, strict=True)]
+        else:
+            evicted = _delta_stats(now.evicted, None)
+            evicted_rows_calls = now.evicted[_ROWS_CALLS]
+            untexted = _delta_stats(now.untexted, None)
+            dropped = now.dropped
+            step_sums = list(now.sums)
+        # What is not in the top statements nor evicted: the rest.
+        for stats in (*statements, evicted):
+            step_sums[0] -= stats.calls
+            step_sums[1] -= stats.errors
+            step_sums[2] -= stats.total_ns
+            step_sums[3] -= stats.total_sq
+            step_sums[4] -= stats.rows or 0
+        for stats in statements:
+            row = now.rows[stats.fingerprint]
+            earlier = get(stats.fingerprint)
+            if earlier is None or earlier[_SERIAL] != row[_SERIAL]:
+                earlier = _EMPTY_ROW
+            step_sums[5] -= row[_ROWS_CALLS] - earlier[_ROWS_CALLS]
+        step_sums[5] -= evicted_rows_calls
+        rest_calls, rest_errors, rest_total, rest_total_sq, rest_rows, rest_rows_calls = step_sums
+        # The rest has rows, as a statement does, if one of its statements ever
+        # reported rows (in this step or before it): scanned only when no call
+        # of the step did.
+        rest_has_rows = rest_rows_calls > 0
+        if not rest_has_rows and len(changed) > len(statements):
+            chosen = {stats.fingerprint for stats in statements}
+            rows_now = now.rows
+            rest_has_rows = any(
+                rows_now[fingerprint][_ROWS_CALLS]
+                for _, fingerprint in changed
+                if fingerprint not in chosen
+            )
         start_wall_ns = self._wall_ns(start.uptime_ns)
         end_wall_ns = self._wall_ns(end.uptime_ns)
         rest = StatementStats(
@@ -489,23 +603,10 @@ class FlightRecorder:
             histogram_lo=0,
             histogram=b"",
         )
-        if same_table and before is not None:
-            evicted = _minus(_stats(now.evicted), _stats(before.evicted))
-            if now.dropped != before.dropped:
-                # A statement evicted in the step took its calls from before
-                # the step into `evicted` too: those are not the step's.
-                for fingerprint, earlier in before.rows.items():
-                    current = now.rows.get(fingerprint)
-                    if current is None or current[_SERIAL] != earlier[_SERIAL]:
-                        evicted = _minus(evicted, _stats(earlier))
-            untexted = _minus(_stats(now.untexted), _stats(before.untexted))
-            dropped = now.dropped - before.dropped
-        else:
-            evicted, untexted, dropped = _stats(now.evicted), _stats(now.untexted), now.dropped
         return StepStatements(
             tuple(statements),
-            _trimmed(evicted),
-            _trimmed(untexted),
+            evicted,
+            untexted,
             dropped,
             now.table_id,
             start_wall_ns,

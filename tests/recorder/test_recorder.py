@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -302,6 +304,123 @@ def test_statements_evicted_during_a_step_still_add_up(
         assert step.calls == interval.queries
         assert step.total_ns == interval.total_ns
     assert sum(step.dropped for step in recorder.statement_timeline() if step) > 0
+
+
+WIDE = [f"SELECT v{i} FROM wide{i} WHERE k = ?" for i in range(30)]
+
+
+def reports_rows(sql: str) -> bool:
+    """Whether the test's cursor for this statement knows its row counts (two in three do)."""
+    return WIDE.index(sql) % 3 != 0
+
+
+def nonzero_buckets(stats: querymeter.StatementStats) -> dict[int, int]:
+    """A histogram as {bucket: count} of its non-empty buckets (whatever its window)."""
+    counts = memoryview(stats.histogram).cast("Q")
+    return {stats.histogram_lo + i: count for i, count in enumerate(counts) if count}
+
+
+def figures(stats: querymeter.StatementStats) -> dict[str, object]:
+    """Every figure of a statement, its histogram by bucket."""
+    data = dataclasses.asdict(stats)
+    del data["histogram"], data["histogram_lo"]
+    data["buckets"] = nonzero_buckets(stats)
+    return data
+
+
+def test_step_statements_equal_the_tables_difference_and_a_ledger_under_eviction(
+    Meter: type[MeterType], clock: FakeClock
+) -> None:
+    """Each step's top, rest, evicted and untexted figures equal the table's own difference
+    between the step's two readings, and add up to a ledger of the queries run in it."""
+    meter = Meter(clock=clock)
+    table = meter.enable_statements(max_statements=8)
+    recorder = FlightRecorder(meter, ((1.0, 100), (5.0, 20)), statements_per_step=3)
+    rng = random.Random(12)
+    recorder.take()
+    # The table's snapshot at each of the recorder's readings, by the reading's uptime.
+    readings = {meter.snapshot().uptime_ns: table.snapshot()}
+    # What the test ran, per second: calls, errors, time, time², rows (those reported).
+    ledgers: list[list[int]] = []
+    for second in range(60):
+        ledger = [0, 0, 0, 0, 0]
+        for _ in range(rng.randrange(0, 40)):
+            sql = None if rng.random() < 0.05 else WIDE[min(int(rng.expovariate(0.2)), 29)]
+            elapsed = int(10_000 * 1000 ** rng.random())
+            error = rng.random() < 0.1
+            if sql is None or not reports_rows(sql):
+                rows = -1
+            elif 40 <= second < 45:
+                rows = -1  # statements that reported rows before, none in these steps
+            else:
+                rows = rng.choice((-1, 0, 2, 7))
+            table._core._record(sql, None, elapsed, error, rows)
+            ledger = [
+                ledger[0] + 1,
+                ledger[1] + error,
+                ledger[2] + elapsed,
+                ledger[3] + elapsed * elapsed,
+                ledger[4] + max(rows, 0),
+            ]
+        ledgers.append(ledger)
+        clock.advance(SECOND)
+        recorder.take()
+        readings[meter.snapshot().uptime_ns] = table.snapshot()
+    evicted_before_the_step = rest_rows_without_new_rows = 0
+    for resolution, seconds_per_step in ((1.0, 1), (5.0, 5)):
+        intervals = recorder.timeline(resolution=resolution)
+        steps = recorder.statement_timeline(resolution=resolution)
+        assert len(intervals) == 60 // seconds_per_step
+        for index, (interval, step) in enumerate(zip(intervals, steps, strict=True)):
+            assert step is not None
+            earlier = readings[interval.earlier.uptime_ns]
+            later = readings[interval.later.uptime_ns]
+            expected = later - earlier
+            top = expected.top(3)
+            assert [figures(s) for s in step.statements] == [figures(s) for s in top]
+            assert figures(step.evicted) == figures(expected.evicted)
+            assert figures(step.untexted) == figures(expected.untexted)
+            assert step.dropped == expected.dropped
+            others = expected.statements[len(top) :]
+            assert step.rest_statements == len(others)
+            known = [s.rows for s in others if s.rows is not None]
+            assert (
+                step.rest.calls,
+                step.rest.errors,
+                step.rest.total_ns,
+                step.rest.total_sq,
+                step.rest.rows,
+            ) == (
+                sum(s.calls for s in others),
+                sum(s.errors for s in others),
+                sum(s.total_ns for s in others),
+                sum(s.total_sq for s in others),
+                sum(known) if known else None,
+            )
+            # The ledger knows nothing of the table: every query of the step, once.
+            seconds = ledgers[index * seconds_per_step : (index + 1) * seconds_per_step]
+            parts = [*step.statements, step.rest, step.evicted, step.untexted]
+            assert [
+                sum(s.calls for s in parts),
+                sum(s.errors for s in parts),
+                sum(s.total_ns for s in parts),
+                sum(s.total_sq for s in parts),
+                sum(s.rows or 0 for s in parts),
+            ] == [sum(column) for column in zip(*seconds, strict=True)]
+            assert step.calls == sum(s[0] for s in seconds)
+            evicted_meanwhile = later.evicted.calls - earlier.evicted.calls
+            if step.evicted.calls < evicted_meanwhile:
+                evicted_before_the_step += 1
+            if (
+                step.rest.rows == 0
+                and not any(s.rows for s in others)
+                and any(earlier.get(s.fingerprint) for s in others)
+            ):
+                rest_rows_without_new_rows += 1
+    # The cases the arithmetic must get right did happen: statements evicted in
+    # a step with calls from before it, and a rest with rows known but none new.
+    assert evicted_before_the_step > 0
+    assert rest_rows_without_new_rows > 0
 
 
 def test_without_a_table_the_steps_have_no_statements(
