@@ -147,7 +147,9 @@ class _File:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
-            raise SharedMeterError(exc.errno, f"cannot open the shared meter's file: {exc.strerror}", path) from None
+            raise SharedMeterError(
+                exc.errno, f"cannot open the shared meter's file: {exc.strerror}", path
+            ) from None
         try:
             # Whoever finds the file empty initialises it; the others wait here.
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -184,7 +186,18 @@ def _prepare(fd: int, path: str, slots: int, protocol: int) -> tuple[int, int]:
             f"not a querymeter shared meter's file (it has {size} bytes and no "
             "querymeter header); remove it or choose another path",
         )
-    magic, version, header_size, slot_count, slot_size, file_size, lock_protocol, ready, boot, meter_id = _HEAD.unpack(head)
+    (
+        _magic,
+        version,
+        header_size,
+        slot_count,
+        slot_size,
+        file_size,
+        lock_protocol,
+        ready,
+        boot,
+        meter_id,
+    ) = _HEAD.unpack(head)
     if version != VERSION:
         raise _problem(
             path,
@@ -210,7 +223,8 @@ def _prepare(fd: int, path: str, slots: int, protocol: int) -> tuple[int, int]:
     if lock_protocol != protocol:
         raise _problem(
             path,
-            f"this shared meter's file is counted by {_PROTOCOL_NAMES.get(lock_protocol, 'an unknown core')}; "
+            "this shared meter's file is counted by "
+            f"{_PROTOCOL_NAMES.get(lock_protocol, 'an unknown core')}; "
             f"this process runs {_PROTOCOL_NAMES[protocol]}, whose lock is another: "
             "open it with the same core in every process",
         )
@@ -222,7 +236,9 @@ def _initialise(fd: int, slots: int, protocol: int) -> tuple[int, int]:
     meter_id = secrets.randbits(63)
     os.ftruncate(fd, 0)
     os.ftruncate(fd, size)
-    head = _HEAD.pack(MAGIC, VERSION, HEADER_SIZE, slots, SLOT_SIZE, size, protocol, 0, _boot_id(), meter_id)
+    head = _HEAD.pack(
+        MAGIC, VERSION, HEADER_SIZE, slots, SLOT_SIZE, size, protocol, 0, _boot_id(), meter_id
+    )
     os.pwrite(fd, head, 0)
     now = time.monotonic_ns()
     os.pwrite(fd, _SERVICE.pack(now, now, 1), _SERVICE_OFFSET)
@@ -231,10 +247,20 @@ def _initialise(fd: int, slots: int, protocol: int) -> tuple[int, int]:
     return slots, meter_id
 
 
+# A shared meter's own attributes: slots of the concrete class (shared_meter_class),
+# which alone may add a layout to the core's.
+_SLOTS = ("_file", "_generation", "_last_reap_ns", "_reap_lock", "_slot")
+
+
 class _SharedMeterAPI(_MeterAPI):
     """What a shared meter adds to a meter: its file, its slot, the other processes."""
 
-    __slots__ = ()
+    if TYPE_CHECKING:
+        # What the type checker must know of the concrete class's slots; a mixin's
+        # own slots would conflict with the C core's layout at run time.
+        __slots__ = _SLOTS
+    else:
+        __slots__ = ()
 
     _file: _File | None
     _slot: int
@@ -246,7 +272,9 @@ class _SharedMeterAPI(_MeterAPI):
         try:
             path = os.fspath(path)
         except TypeError:
-            raise TypeError(f"path must be a str or os.PathLike, not {type(path).__name__}") from None
+            raise TypeError(
+                f"path must be a str or os.PathLike, not {type(path).__name__}"
+            ) from None
         if not isinstance(path, str):
             raise TypeError("path must be a str path, not bytes")
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
@@ -272,11 +300,15 @@ class _SharedMeterAPI(_MeterAPI):
         """Take a slot in the file and count into it; SharedMeterError when every slot is taken."""
         core = core_module(self)
         pid, ticks = os.getpid(), _own_start_ticks()
-        claimed = core._shared_claim(shared_file.mapping, shared_file.fd, pid, ticks, time.time_ns())
+        claimed = core._shared_claim(
+            shared_file.mapping, shared_file.fd, pid, ticks, time.time_ns()
+        )
         if claimed is None:
             # Full: settle the slots of processes gone, and try once more.
             self._reap(shared_file)
-            claimed = core._shared_claim(shared_file.mapping, shared_file.fd, pid, ticks, time.time_ns())
+            claimed = core._shared_claim(
+                shared_file.mapping, shared_file.fd, pid, ticks, time.time_ns()
+            )
         if claimed is None:
             raise _problem(
                 shared_file.path,
@@ -293,9 +325,12 @@ class _SharedMeterAPI(_MeterAPI):
         _service, slots, _extras = core._shared_read(shared_file.mapping, shared_file.fd)
         reaped = 0
         for index, pid, ticks, generation, _opened, _oldest, _own in slots:
-            if not process_alive(pid, ticks):
-                if core._shared_settle(shared_file.mapping, shared_file.fd, index, generation, 1) >= 0:
-                    reaped += 1
+            if (
+                not process_alive(pid, ticks)
+                and core._shared_settle(shared_file.mapping, shared_file.fd, index, generation, 1)
+                >= 0
+            ):
+                reaped += 1
         self._last_reap_ns = time.monotonic_ns()
         return reaped
 
@@ -315,25 +350,30 @@ class _SharedMeterAPI(_MeterAPI):
 
     # ------------------------------------------------------------ readings
 
-    def snapshot(self) -> Snapshot:  # type: ignore[override]
+    def snapshot(self) -> Snapshot:
         """The service's counters at one instant, every process's queries included."""
         shared_file = self._file
-        if shared_file is not None and time.monotonic_ns() - self._last_reap_ns >= REAP_INTERVAL_NS:
-            if self._reap_lock.acquire(blocking=False):
-                try:
-                    self._reap(shared_file)
-                except Exception as exc:  # noqa: BLE001 - a reading must not fail for it
-                    _faults.report("shared meter: reaping failed", exc)
-                finally:
-                    self._reap_lock.release()
+        if (
+            shared_file is not None
+            and time.monotonic_ns() - self._last_reap_ns >= REAP_INTERVAL_NS
+            and self._reap_lock.acquire(blocking=False)
+        ):
+            try:
+                self._reap(shared_file)
+            except Exception as exc:  # noqa: BLE001 - a reading must not fail for it
+                _faults.report("shared meter: reaping failed", exc)
+            finally:
+                self._reap_lock.release()
         return self._read(Snapshot)  # type: ignore[attr-defined, no-any-return]
 
     def slots(self) -> list[SlotReading]:
-        """Every live process's slot, read at one instant, by slot index (dead ones settled first)."""
+        """Every live process's slot, read at one instant, by index (the dead settled first)."""
         shared_file = self._open_file()
         with self._reap_lock:
             self._reap(shared_file)
-        _service, slots, _extras = core_module(self)._shared_read(shared_file.mapping, shared_file.fd)
+        _service, slots, _extras = core_module(self)._shared_read(
+            shared_file.mapping, shared_file.fd
+        )
         return [
             SlotReading(index, pid, ticks, opened, oldest, Snapshot._make(own))
             for index, pid, ticks, _generation, opened, oldest, own in slots
@@ -394,7 +434,9 @@ class _SharedMeterAPI(_MeterAPI):
             return
         core = core_module(self)
         try:
-            core._shared_settle(shared_file.mapping, shared_file.fd, self._slot, self._generation, 0)
+            core._shared_settle(
+                shared_file.mapping, shared_file.fd, self._slot, self._generation, 0
+            )
         finally:
             self._reset(_new_meter_id())  # type: ignore[attr-defined]
             shared_file.close()
@@ -410,7 +452,7 @@ class _SharedMeterAPI(_MeterAPI):
     ) -> None:
         self.close()
 
-    def _after_fork_in_child(self) -> None:  # type: ignore[misc]
+    def _after_fork_in_child(self) -> None:
         # The parent's slot is the parent's: the child takes its own, and the
         # queries in flight in the parent at the fork are not the child's.
         self._reap_lock = threading.Lock()
@@ -436,7 +478,6 @@ class _SharedMeterAPI(_MeterAPI):
         )
 
 
-_SLOTS = ("_file", "_generation", "_last_reap_ns", "_reap_lock", "_slot")
 _DOC = """SharedMeter(path, *, slots=256): a meter whose counters every process that opens
 ``path`` shares (see docs/processes.md).
 
@@ -466,7 +507,7 @@ def shared_meter_class(implementation: str) -> type[SharedMeter]:
 if TYPE_CHECKING:
     from ..meter import Meter
 
-    class SharedMeter(_SharedMeterAPI, Meter):  # noqa: D101
+    class SharedMeter(_SharedMeterAPI, Meter):
         pass
 
 else:
