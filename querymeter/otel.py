@@ -37,9 +37,8 @@ from . import _faults
 from ._pools import MAX_POOLS, pool_limit, pool_snapshots
 from .meter import Meter, QueryObserver, add_query_observer, meter_argument, remove_query_observer
 from .readings import Snapshot
-from .statements import StatementStats, fingerprint
+from .statements import StatementStats, fingerprint, tables_of
 from .statements._fingerprint import DIALECTS
-from .triage import tables_of
 
 __all__ = [
     "DURATION_BUCKETS",

@@ -6,7 +6,7 @@ sampling (``meter.enable_sampling()``) keeps single queries.  See
 docs/statements.md.
 """
 
-from ._fingerprint import fingerprint, statement_id
+from ._fingerprint import fingerprint, statement_id, tables_of
 from ._readings import StatementsInterval, StatementsSnapshot, StatementStats
 from ._sampling import QuerySample, SampleLog, redact
 from ._table import MAX_SQL_CHARS, StatementTable
@@ -22,4 +22,5 @@ __all__ = [
     "fingerprint",
     "redact",
     "statement_id",
+    "tables_of",
 ]

@@ -16,7 +16,7 @@ import itertools
 import os
 import re
 
-__all__ = ["DIALECTS", "MAX_FINGERPRINT_CHARS", "fingerprint", "statement_id"]
+__all__ = ["DIALECTS", "MAX_FINGERPRINT_CHARS", "fingerprint", "statement_id", "tables_of"]
 
 DIALECTS = ("mysql", "mariadb", "postgresql", "sqlite")
 
@@ -504,3 +504,21 @@ def _renew_cache_in_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_renew_cache_in_child)
+
+
+# Fingerprints are lower case, with literals as ?: the name after these words
+# is a table (a subquery's "from (" is not a name and does not match).
+_TABLE = re.compile(
+    r"\b(?:from|join|into|update|table)\s+((?:[a-z_][\w$]*\.)?[a-z_][\w$]*|`[^`]+`|\"[^\"]+\")"
+)
+_NOT_TABLES = frozenset({"select", "lateral", "only", "unnest", "generate_series", "dual"})
+
+
+def tables_of(fingerprint: str) -> tuple[str, ...]:
+    """The tables a fingerprint names (FROM, JOIN, INTO, UPDATE), in order, without repeats."""
+    found: dict[str, None] = {}
+    for match in _TABLE.finditer(fingerprint):
+        name = match.group(1).strip('`"')
+        if name not in _NOT_TABLES:
+            found[name] = None
+    return tuple(found)

@@ -9,9 +9,10 @@ database itself, the network, the pool).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+
+from ..statements import tables_of
 
 __all__ = ["Part", "ScopeBreakdown", "StatementFigures", "breakdown", "tables_of"]
 
@@ -19,23 +20,6 @@ __all__ = ["Part", "ScopeBreakdown", "StatementFigures", "breakdown", "tables_of
 CONCENTRATED = 0.8
 #: Parts listed per kind at most.
 MAX_PARTS = 5
-
-# Fingerprints are lower case, with literals as ?: the name after these words
-# is a table (a subquery's "from (" is not a name and does not match).
-_TABLE = re.compile(
-    r"\b(?:from|join|into|update|table)\s+((?:[a-z_][\w$]*\.)?[a-z_][\w$]*|`[^`]+`|\"[^\"]+\")"
-)
-_NOT_TABLES = frozenset({"select", "lateral", "only", "unnest", "generate_series", "dual"})
-
-
-def tables_of(fingerprint: str) -> tuple[str, ...]:
-    """The tables a fingerprint names (FROM, JOIN, INTO, UPDATE), in order, without repeats."""
-    found: dict[str, None] = {}
-    for match in _TABLE.finditer(fingerprint):
-        name = match.group(1).strip('`"')
-        if name not in _NOT_TABLES:
-            found[name] = None
-    return tuple(found)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from querymeter.statements import _fingerprint, fingerprint, statement_id
+from querymeter.statements import _fingerprint, fingerprint, statement_id, tables_of
 
 DIALECTS = [None, "mysql", "mariadb", "postgresql", "sqlite"]
 MYSQL_LIKE = [None, "mysql", "mariadb"]
@@ -736,3 +736,12 @@ def test_different_quoted_identifiers_give_different_fingerprints(
         f'select "{second}" from t', dialect
     )
     assert same == (first == second)
+
+
+def test_tables_of_fingerprints() -> None:
+    """Tables are read after FROM, JOIN, INTO and UPDATE; subqueries are not tables."""
+    assert tables_of("select * from a join b on a.id = b.id where x = ?") == ("a", "b")
+    assert tables_of("insert into s.orders (a) values (?+)") == ("s.orders",)
+    assert tables_of("update `users` set a = ?") == ("users",)
+    assert tables_of("select * from (select ? from dual) t") == ()
+    assert tables_of("select ?") == ()

@@ -13,7 +13,7 @@ import pytest
 import querymeter
 import querymeter.dbapi
 from querymeter.markers import mark
-from querymeter.triage import health, tables_of
+from querymeter.triage import health
 from tests.conftest import MeterType
 from tests.servers import driver, postgres_dsn
 
@@ -159,15 +159,6 @@ def test_bad_arguments_are_named(meter: MeterType) -> None:
         health(meter, engine=object(), window=0.01)
     with pytest.raises(TypeError):
         health("meter")  # type: ignore[arg-type]
-
-
-def test_tables_of_fingerprints() -> None:
-    """Tables are read after FROM, JOIN, INTO and UPDATE; subqueries are not tables."""
-    assert tables_of("select * from a join b on a.id = b.id where x = ?") == ("a", "b")
-    assert tables_of("insert into s.orders (a) values (?+)") == ("s.orders",)
-    assert tables_of("update `users` set a = ?") == ("users",)
-    assert tables_of("select * from (select ? from dual) t") == ()
-    assert tables_of("select ?") == ()
 
 
 # ------------------------------------------------------------- the connection
