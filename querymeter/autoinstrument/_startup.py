@@ -36,6 +36,7 @@ from typing import Any, TextIO
 
 from .. import _faults
 from ..core import IMPLEMENTATION
+from ..markers import markers
 from ..meter import Meter, default_meter
 from ..readings import Interval, Snapshot
 from ..statements import SampleLog, StatementTable
@@ -239,7 +240,10 @@ def _at_exit(run: _Run) -> None:
         interval = after - run.before
         reading = run.table.snapshot() if run.table is not None else None
         statements = [] if reading is None else list(reading.statements)
-        text = summary_text(interval, statements, command=run.command, faults=_faults.counts())
+        made = [m for m in markers(run.started_wall_ns) if m.wall_ns <= ended_wall_ns]
+        text = summary_text(
+            interval, statements, command=run.command, faults=_faults.counts(), markers=made
+        )
         if run.log is not None:
             where = "in the report" if run.settings.report else "--report PATH saves them"
             sampled = len(run.log.samples()) + run.log.dropped
@@ -271,8 +275,10 @@ def summary_text(
     command: str = "",
     faults: Mapping[str, int] | None = None,
     top: int = TOP_STATEMENTS,
+    markers: Sequence[Any] = (),
 ) -> str:
-    """What ``querymeter run`` prints at the program's exit: the laws, the top statements."""
+    """What ``querymeter run`` prints at the program's exit: the laws, the top statements,
+    the change markers the program made (the newest ``top``)."""
     what = f" ({command})" if command else ""
     lines = [
         f"querymeter: {interval.queries:,} queries, {interval.errors:,} errors "
@@ -300,6 +306,10 @@ def summary_text(
                 f"  {s.calls:>9,} {s.total_ns / 1e6:>11,.3f} {(s.mean_ns or 0) / 1e6:>9,.3f} "
                 f"{s.total_ns / db_ns:>6.1%}  {text}"
             )
+    if markers:
+        shown_markers = list(markers)[-top:]
+        lines.append(f"  change markers ({len(shown_markers)} of {len(markers)}, newest last):")
+        lines.extend(f"    {marker}" for marker in shown_markers)
     if faults:
         listed = "; ".join(f"{cause} ({count})" for cause, count in sorted(faults.items()))
         lines.append(f"  querymeter's own faults (the program was unaffected): {listed}")
@@ -309,7 +319,7 @@ def summary_text(
 def _save_report(run: _Run, interval: Interval, reading: Any, ended_wall_ns: int) -> Path:
     """The program's figures as a session report (``querymeter.Report``), saved by suffix."""
     from ..sessions._overhead import settings_overhead
-    from ..sessions._report import FORMAT, Report, sample_dicts
+    from ..sessions._report import FORMAT, Report, marker_dicts, sample_dicts
     from ..sessions._session import _environment, _figures
 
     settings = run.settings
@@ -388,6 +398,7 @@ def _save_report(run: _Run, interval: Interval, reading: Any, ended_wall_ns: int
         },
         "samples": sample_dicts(samples),
         "samples_dropped": 0 if run.log is None else run.log.dropped,
+        "markers": marker_dicts(run.started_wall_ns, ended_wall_ns),
         "observer_effect": effect,
         "environment": _environment(engines),
         "notes": notes,

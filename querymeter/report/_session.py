@@ -2,8 +2,9 @@
 
 Takes the report's plain data (``Report.as_dict()``): the same content in
 both, in the order a reader asks for it: why, what was found (the figures,
-the statements by time, calls and p99, where the time went), the slowest
-queries, what the instrumentation cost, and the settings that produced it.
+the change markers made meanwhile, the statements by time, calls and p99,
+where the time went), the slowest queries, what the instrumentation cost,
+and the settings that produced it.
 """
 
 from __future__ import annotations
@@ -65,6 +66,21 @@ def _sections(data: Mapping[str, Any]) -> list[tuple[str, list[str], list[list[s
             ],
         )
     ]
+    if "markers" in data:  # reports saved before they kept markers have none to show
+        tables.append(
+            (
+                "Change markers",
+                ["when", "marker", "attributes"],
+                [
+                    [
+                        _when(m["wall_ns"]),
+                        m["label"],
+                        ", ".join(f"{k}={v!r}" for k, v in m["attrs"].items()),
+                    ]
+                    for m in data["markers"]
+                ],
+            )
+        )
     header = [
         "statement",
         "calls",

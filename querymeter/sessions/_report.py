@@ -4,7 +4,8 @@ A :class:`Report` is plain data (``as_dict()``, the JSON that ``save`` writes
 and ``Report.load`` reads back) with accessors for what a reader asks first:
 the interval's figures, the top statements by time, by calls and by p99 with
 their share of the session's DB time, where the time went (the wait
-analysis), the samples, the observer effect, and the settings, versions,
+analysis), the samples, the change markers made during the session
+(``querymeter.mark``), the observer effect, and the settings, versions,
 host and times.  ``report.compare(baseline)`` lists the statements that got
 slower or more frequent since a report saved earlier.
 """
@@ -18,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..markers import Marker, markers
 from ..report import render_session_html, render_session_markdown
 from ..statements import QuerySample
 
-__all__ = ["FORMAT", "Change", "Comparison", "Report"]
+__all__ = ["FORMAT", "Change", "Comparison", "Report", "marker_dicts"]
 
 #: The version of the saved JSON's layout; Report.load refuses others.
 FORMAT = 1
@@ -120,6 +122,12 @@ class Report:
     def slowest(self, n: int = 10) -> list[QuerySample]:
         """The ``n`` slowest captured queries, slowest first."""
         return sorted(self.samples, key=lambda s: -s.duration_ns)[:n]
+
+    @property
+    def markers(self) -> list[Marker]:
+        """The change markers made from the session's start to its end, oldest first
+        (none in a report saved before reports kept them)."""
+        return [Marker.from_dict(data) for data in self._data.get("markers", [])]
 
     @property
     def observer_effect(self) -> dict[str, Any]:
@@ -250,3 +258,9 @@ def _sample(data: Mapping[str, Any]) -> QuerySample:
 
 def sample_dicts(samples: Sequence[QuerySample]) -> list[dict[str, Any]]:
     return [sample.as_dict() for sample in samples]
+
+
+def marker_dicts(start_wall_ns: int, end_wall_ns: int) -> list[dict[str, Any]]:
+    """The kept change markers from ``start_wall_ns`` to ``end_wall_ns`` (Unix ns, both
+    included), oldest first, as plain data."""
+    return [m.as_dict() for m in markers(start_wall_ns) if m.wall_ns <= end_wall_ns]

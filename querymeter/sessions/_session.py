@@ -31,7 +31,7 @@ from ..readings import Interval, Snapshot
 from ..statements import SampleLog, StatementTable
 from ._explain import explain_statements
 from ._overhead import settings_overhead
-from ._report import FORMAT, Report, sample_dicts
+from ._report import FORMAT, Report, marker_dicts, sample_dicts
 from ._waits import ServerWaitSampler, backend_id, backend_ids_for
 
 __all__ = ["Session", "profile"]
@@ -334,6 +334,7 @@ class Session:
             },
             "samples": sample_dicts(samples),
             "samples_dropped": self._log.dropped,
+            "markers": marker_dicts(self._started_wall_ns, ended_wall_ns),
             "observer_effect": effect,
             "environment": _environment(self._engines),
             "notes": list(self._notes),

@@ -455,3 +455,25 @@ def test_drivers_option_restricts_what_the_program_counts(tmp_path: Path) -> Non
     unknown = run([*RUN, "--drivers", "oracledb", "--", sys.executable, str(app)], env)
     assert unknown.returncode == 2
     assert b"does not know the driver 'oracledb'" in unknown.stderr
+
+
+def test_the_report_shows_the_markers_the_program_made(tmp_path: Path) -> None:
+    """A change marker the program makes while it runs is in its saved report and its summary."""
+    app = write_program(
+        tmp_path,
+        "import sqlite3, querymeter\n"
+        "sqlite3.connect(':memory:').execute('SELECT 1')\n"
+        "querymeter.mark('migrate v7', step=3)\n",
+    )
+    report = tmp_path / "run.json"
+    result = run(
+        [*RUN, "--report", str(report), "--", sys.executable, str(app)], clean_environment()
+    )
+    assert result.returncode == 0, result.stderr
+    saved = querymeter.Report.load(report)
+    assert [(m.label, dict(m.attrs)) for m in saved.markers] == [("migrate v7", {"step": 3})]
+    assert saved.started.timestamp() <= saved.markers[0].wall <= saved.ended.timestamp()
+    # The summary on stderr lists it too, as str(marker) gives it.
+    lines = result.stderr.decode().splitlines()
+    assert "  change markers (1 of 1, newest last):" in lines
+    assert f"    {saved.markers[0]}" in lines

@@ -291,3 +291,53 @@ def test_a_forked_child_has_no_session(meter: MeterType) -> None:
     finally:
         report = session.stop()
     assert report.figures["queries"] == 0, "the child's queries are not the parent's"
+
+
+def test_the_report_shows_the_markers_made_during_the_session(
+    meter: MeterType, tmp_path: Path
+) -> None:
+    """Markers made between a session's start and end are in its report, in every format;
+    those made before or after it are not."""
+    querymeter.markers.clear()
+    try:
+        querymeter.mark("before the session")
+        connection = sqlite3.connect(":memory:")
+        with querymeter.profile(10, meter=meter) as session:
+            workload(connection, 2)
+            during = querymeter.mark("deploy v1.2", version="1.2", canary=True)
+            assert [m.label for m in session.report().markers] == ["deploy v1.2"]
+            workload(connection, 2)
+        querymeter.mark("after the session")
+        report = session.report()
+        assert report.markers == [during]
+        assert report.started.timestamp() * 1e9 <= during.wall_ns
+        assert during.wall_ns <= report.ended.timestamp() * 1e9 + 1000
+        loaded = querymeter.Report.load(report.save(tmp_path / "r.json"))
+        assert loaded.markers == [during]
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(during.wall_ns // 10**9))
+        markdown = report.save(tmp_path / "r.md").read_text()
+        assert "## Change markers" in markdown
+        assert f"| {when} | deploy v1.2 | version='1.2', canary=True |" in markdown
+        page = report.save(tmp_path / "r.html").read_text()
+        assert "<h2>Change markers</h2>" in page
+        assert (
+            f"<td>{when}</td><td>deploy v1.2</td><td>version=&#x27;1.2&#x27;, canary=True</td>"
+            in page
+        )
+        for text in (markdown, page):
+            assert "before the session" not in text and "after the session" not in text
+    finally:
+        querymeter.markers.clear()
+
+
+def test_a_report_saved_before_reports_kept_markers_still_loads_and_renders(
+    meter: MeterType, tmp_path: Path
+) -> None:
+    """A saved report without markers reads back with none, and renders without the section."""
+    with querymeter.profile(10, meter=meter) as session:
+        workload(sqlite3.connect(":memory:"), 1)
+    data = session.report().as_dict()
+    del data["markers"]
+    older = querymeter.Report(data)
+    assert older.markers == []
+    assert "Change markers" not in older.save(tmp_path / "r.md").read_text()
