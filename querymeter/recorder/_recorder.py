@@ -804,7 +804,7 @@ class FlightRecorder:
     # ------------------------------------------ baselines and the rest (recorder/_*.py)
 
     def baseline(self, **kwargs: Any) -> Any:
-        """Robust baselines per metric and per top statement (see docs/profiling.md)."""
+        """Robust baselines per metric and per top statement (see docs/continuous-profiling.md)."""
         return _part("_baseline").baseline(self, **kwargs)
 
     def anomalies(self, **kwargs: Any) -> Any:
@@ -820,7 +820,7 @@ class FlightRecorder:
         return _part("_forecast").forecast(self, **kwargs)
 
     def alert(self, callback: Callable[..., Any], **kwargs: Any) -> Any:
-        """Call ``callback`` once per episode of a symptom (see docs/profiling.md)."""
+        """Call ``callback`` once per episode of a symptom (see docs/continuous-profiling.md)."""
         return _part("_alerts").alert(self, callback, **kwargs)
 
     # ------------------------------------------------------------------- fork
