@@ -6,11 +6,14 @@ conftest below the top level may not.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from ..servers import postgres_dsn
 
 # What every inner run is held to, as this repository's own suite is.
 INNER_INI = """
@@ -25,6 +28,19 @@ def inner(pytester: pytest.Pytester) -> pytest.Pytester:
     """A pytester directory with a strict ini, for inner runs of the plugin."""
     pytester.makeini(INNER_INI)
     return pytester
+
+
+@pytest.fixture
+def dsn(monkeypatch: pytest.MonkeyPatch) -> str:
+    """The PostgreSQL DSN, handed to inner runs as QM_H4_DSN (skips without a server)."""
+    found = postgres_dsn()
+    monkeypatch.setenv("QM_H4_DSN", found)
+    # Imported in this process, so that it outlives the inner runs: pytester
+    # drops the modules an inner run imported, and psycopg's adapter imported
+    # again beside the querymeter.dbapi of this process would be a second copy
+    # with state of its own (connections marked as counting, and not counted).
+    importlib.import_module("querymeter.dbapi._psycopg")
+    return found
 
 
 def read_json(path: Path) -> Any:
