@@ -36,7 +36,6 @@ from typing import Any, TextIO
 
 from .. import _faults
 from ..core import IMPLEMENTATION
-from ..markers import markers
 from ..meter import Meter, default_meter
 from ..readings import Interval, Snapshot
 from ..statements import SampleLog, StatementTable
@@ -240,7 +239,9 @@ def _at_exit(run: _Run) -> None:
         interval = after - run.before
         reading = run.table.snapshot() if run.table is not None else None
         statements = [] if reading is None else list(reading.statements)
-        made = [m for m in markers(run.started_wall_ns) if m.wall_ns <= ended_wall_ns]
+        from ..sessions._report import markers_between
+
+        made = markers_between(run.started_wall_ns, ended_wall_ns)
         text = summary_text(
             interval, statements, command=run.command, faults=_faults.counts(), markers=made
         )

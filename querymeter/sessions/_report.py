@@ -23,7 +23,7 @@ from ..markers import Marker, markers
 from ..report import render_session_html, render_session_markdown
 from ..statements import QuerySample
 
-__all__ = ["FORMAT", "Change", "Comparison", "Report", "marker_dicts"]
+__all__ = ["FORMAT", "Change", "Comparison", "Report", "marker_dicts", "markers_between"]
 
 #: The version of the saved JSON's layout; Report.load refuses others.
 FORMAT = 1
@@ -260,7 +260,12 @@ def sample_dicts(samples: Sequence[QuerySample]) -> list[dict[str, Any]]:
     return [sample.as_dict() for sample in samples]
 
 
-def marker_dicts(start_wall_ns: int, end_wall_ns: int) -> list[dict[str, Any]]:
+def markers_between(start_wall_ns: int, end_wall_ns: int) -> list[Marker]:
     """The kept change markers from ``start_wall_ns`` to ``end_wall_ns`` (Unix ns, both
-    included), oldest first, as plain data."""
-    return [m.as_dict() for m in markers(start_wall_ns) if m.wall_ns <= end_wall_ns]
+    included), oldest first."""
+    return [m for m in markers(start_wall_ns) if m.wall_ns <= end_wall_ns]
+
+
+def marker_dicts(start_wall_ns: int, end_wall_ns: int) -> list[dict[str, Any]]:
+    """:func:`markers_between` as plain data."""
+    return [m.as_dict() for m in markers_between(start_wall_ns, end_wall_ns)]
