@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from . import _lending
 from ._checks import TRANSACTION_CONTROL, IgnorePatterns, check_count
 
 if TYPE_CHECKING:
@@ -79,6 +80,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    _lending.new_session()
     config.addinivalue_line(
         "markers",
         "max_queries(n, ignore=()): fail the test if it runs more than n statements, "

@@ -145,6 +145,69 @@ def test_a_connection_opened_in_a_fixture_is_counted_but_not_charged(
     assert (test["queries"], test["fixture_queries"]) == (1, 3)
 
 
+def test_pooled_connections_count_in_every_test_that_uses_them(inner: pytest.Pytester) -> None:
+    """A module-level SQLAlchemy engine's pooled connection, opened by one test, counts in
+    the tests that use it next: a budget is never passed by counting nothing."""
+    inner.makepyfile(
+        module(
+            """
+            import sqlalchemy
+
+            ENGINE = sqlalchemy.create_engine("sqlite:///" + __file__ + ".db")
+            with ENGINE.begin() as setup:
+                setup.exec_driver_sql("create table if not exists t (x int)")
+
+            @pytest.mark.parametrize("run", range(3))
+            def test_reads(querymeter, run):
+                with ENGINE.connect() as connection:
+                    for _ in range(run + 1):
+                        connection.exec_driver_sql("select count(*) from t").all()
+                assert querymeter.snapshot().queries == run + 1
+
+            @pytest.mark.max_queries(1)
+            def test_over_budget():
+                with ENGINE.connect() as connection:
+                    connection.exec_driver_sql("select 1").all()
+                    connection.exec_driver_sql("select 2").all()
+            """
+        )
+    )
+    result = inner.runpytest()
+    result.assert_outcomes(passed=3, failed=1)
+    assert "2 statements ran, more than the 1 of max_queries:" in failure_text(
+        result, "test_over_budget"
+    )
+
+
+def test_an_applications_meter_gets_its_connections_back(inner: pytest.Pytester) -> None:
+    """A connection the application counts into its own meter counts into the test's
+    during a test, and into the application's again after it."""
+    inner.makepyfile(
+        module(
+            """
+            APP = qm.Meter()
+            querymeter.dbapi.instrument(sqlite3, meter=APP)
+            CONNECTION = sqlite3.connect(":memory:")
+
+            def test_lent(querymeter):
+                before = APP.snapshot().queries
+                CONNECTION.execute("select 1")
+                assert querymeter.snapshot().queries == 1
+                assert APP.snapshot().queries == before
+
+            def test_given_back():
+                before = APP.snapshot().queries
+                CONNECTION.execute("select 1")
+                assert APP.snapshot().queries == before + 1
+
+            def teardown_module():
+                querymeter.dbapi.uninstrument(sqlite3)
+            """
+        )
+    )
+    inner.runpytest("-p", "no:randomly").assert_outcomes(passed=2)
+
+
 def test_max_queries_lists_the_statements_the_repeated_first(inner: pytest.Pytester) -> None:
     """A test over its budget fails with every statement and its count, the most repeated first."""
     inner.makepyfile(
