@@ -135,8 +135,11 @@ def statement_series(
     held: Sequence[Step], fingerprint: str, width: float
 ) -> tuple[list[tuple[float, float]], int]:
     """The statement's mean response time per bin of ``width`` seconds, as ``(mid-bin Unix
-    time s, mean s)`` points, and its calls: Σtotal / Σcalls over the steps in each bin."""
+    time s, mean s)`` points, oldest first, and its calls: Σtotal / Σcalls over the steps
+    in each bin.  The bins are counted back from the end of the history, so that the
+    newest is whole and the points do not depend on the hour at which it ends."""
     width_ns = round(width * _NS_PER_S)
+    end_ns = held[-1].end_wall_ns if held else 0
     bins: dict[int, list[int]] = {}
     calls = 0
     for step in held:
@@ -145,14 +148,14 @@ def statement_series(
         stats = step.statements.get(fingerprint)
         if stats is None or not stats.calls:
             continue
-        key = ((step.start_wall_ns + step.end_wall_ns) // 2) // width_ns
+        key = (end_ns - (step.start_wall_ns + step.end_wall_ns) // 2) // width_ns
         figures = bins.setdefault(key, [0, 0])
         figures[0] += stats.calls
         figures[1] += stats.total_ns
         calls += stats.calls
     points = [
-        ((key * width_ns + width_ns / 2) / _NS_PER_S, total_ns / count / _NS_PER_S)
-        for key, (count, total_ns) in sorted(bins.items())
+        ((end_ns - key * width_ns - width_ns / 2) / _NS_PER_S, total_ns / count / _NS_PER_S)
+        for key, (count, total_ns) in sorted(bins.items(), reverse=True)
     ]
     return points, calls
 
