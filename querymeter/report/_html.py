@@ -59,6 +59,49 @@ def _format(value: float) -> str:
     return f"{value:g}"
 
 
+class Plot:
+    """A chart's plot area: axes from zero to the last ticks, coordinates in the SVG."""
+
+    __slots__ = ("height", "width", "x_max", "x_ticks", "y_max", "y_ticks")
+
+    def __init__(self, x_ticks: Sequence[float], y_ticks: Sequence[float]) -> None:
+        self.x_ticks, self.y_ticks = x_ticks, y_ticks
+        self.x_max, self.y_max = x_ticks[-1], y_ticks[-1]
+        self.width = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
+        self.height = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
+
+    def px(self, x: float) -> float:
+        return MARGIN_LEFT + self.width * x / self.x_max
+
+    def py(self, y: float) -> float:
+        return MARGIN_TOP + self.height * (1 - y / self.y_max)
+
+    def axes(self, x_label: str, y_label: str) -> list[str]:
+        """The grid lines with their tick labels, and the two axis titles."""
+        px, py, plot_w, plot_h = self.px, self.py, self.width, self.height
+        parts = [
+            f'<line x1="{px(tick):.1f}" y1="{MARGIN_TOP}" x2="{px(tick):.1f}" '
+            f'y2="{MARGIN_TOP + plot_h}" class="grid"/>'
+            f'<text x="{px(tick):.1f}" y="{MARGIN_TOP + plot_h + 18}" '
+            f'text-anchor="middle">{_format(tick)}</text>'
+            for tick in self.x_ticks
+        ]
+        parts.extend(
+            f'<line x1="{MARGIN_LEFT}" y1="{py(tick):.1f}" x2="{MARGIN_LEFT + plot_w}" '
+            f'y2="{py(tick):.1f}" class="grid"/>'
+            f'<text x="{MARGIN_LEFT - 8}" y="{py(tick) + 4:.1f}" '
+            f'text-anchor="end">{_format(tick)}</text>'
+            for tick in self.y_ticks
+        )
+        parts.append(
+            f'<text x="{MARGIN_LEFT + plot_w / 2}" y="{HEIGHT - 12}" text-anchor="middle" '
+            f'class="axis">{html.escape(x_label)}</text>'
+            f'<text x="16" y="{MARGIN_TOP + plot_h / 2}" text-anchor="middle" class="axis" '
+            f'transform="rotate(-90 16 {MARGIN_TOP + plot_h / 2})">{html.escape(y_label)}</text>'
+        )
+        return parts
+
+
 def svg_chart(
     title: str, x_label: str, y_label: str, series: Sequence[Series], *, chart_id: str
 ) -> str:
@@ -71,15 +114,9 @@ def svg_chart(
     ys = [y for s in scaled for _, y in s.points if math.isfinite(y)]
     x_ticks = nice_ticks(0.0, max(xs, default=1.0))
     y_ticks = nice_ticks(0.0, max(ys, default=1.0))
-    x_max, y_max = x_ticks[-1], y_ticks[-1]
-    plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
-    plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-
-    def px(x: float) -> float:
-        return MARGIN_LEFT + plot_w * x / x_max
-
-    def py(y: float) -> float:
-        return MARGIN_TOP + plot_h * (1 - y / y_max)
+    plot = Plot(x_ticks, y_ticks)
+    x_max, y_max, plot_w, plot_h = plot.x_max, plot.y_max, plot.width, plot.height
+    px, py = plot.px, plot.py
 
     clip = f"{html.escape(chart_id)}-plot"
     parts = [
@@ -89,26 +126,7 @@ def svg_chart(
         f'<clipPath id="{clip}"><rect x="{MARGIN_LEFT}" y="{MARGIN_TOP}" '
         f'width="{plot_w}" height="{plot_h}"/></clipPath>',
     ]
-    for tick in x_ticks:
-        parts.append(
-            f'<line x1="{px(tick):.1f}" y1="{MARGIN_TOP}" x2="{px(tick):.1f}" '
-            f'y2="{MARGIN_TOP + plot_h}" class="grid"/>'
-            f'<text x="{px(tick):.1f}" y="{MARGIN_TOP + plot_h + 18}" '
-            f'text-anchor="middle">{_format(tick)}</text>'
-        )
-    for tick in y_ticks:
-        parts.append(
-            f'<line x1="{MARGIN_LEFT}" y1="{py(tick):.1f}" x2="{MARGIN_LEFT + plot_w}" '
-            f'y2="{py(tick):.1f}" class="grid"/>'
-            f'<text x="{MARGIN_LEFT - 8}" y="{py(tick) + 4:.1f}" '
-            f'text-anchor="end">{_format(tick)}</text>'
-        )
-    parts.append(
-        f'<text x="{MARGIN_LEFT + plot_w / 2}" y="{HEIGHT - 12}" text-anchor="middle" '
-        f'class="axis">{html.escape(x_label)}</text>'
-        f'<text x="16" y="{MARGIN_TOP + plot_h / 2}" text-anchor="middle" class="axis" '
-        f'transform="rotate(-90 16 {MARGIN_TOP + plot_h / 2})">{html.escape(y_label)}</text>'
-    )
+    parts.extend(plot.axes(x_label, y_label))
     for s in series:
         visible = [(x, y) for x, y in s.points if 0 <= x <= x_max and 0 <= y <= y_max]
         if s.kind == "points":

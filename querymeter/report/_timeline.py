@@ -15,17 +15,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ._html import (
-    _STYLE,
-    HEIGHT,
-    MARGIN_BOTTOM,
-    MARGIN_LEFT,
-    MARGIN_RIGHT,
-    MARGIN_TOP,
-    WIDTH,
-    _format,
-    nice_ticks,
-)
+from ._html import _STYLE, HEIGHT, MARGIN_LEFT, MARGIN_TOP, WIDTH, Plot, nice_ticks
 
 __all__ = ["render_timeline_html", "timeline_chart"]
 
@@ -60,15 +50,9 @@ def timeline_chart(
     ys = [y for _, y in points if y is not None and math.isfinite(y)]
     x_ticks = nice_ticks(0.0, max(x_span, 1e-9))
     y_ticks = nice_ticks(0.0, max(ys, default=1.0) or 1.0)
-    x_max, y_max = x_ticks[-1], y_ticks[-1]
-    plot_w = WIDTH - MARGIN_LEFT - MARGIN_RIGHT
-    plot_h = HEIGHT - MARGIN_TOP - MARGIN_BOTTOM
-
-    def px(x: float) -> float:
-        return MARGIN_LEFT + plot_w * x / x_max
-
-    def py(y: float) -> float:
-        return MARGIN_TOP + plot_h * (1 - y / y_max)
+    plot = Plot(x_ticks, y_ticks)
+    x_max, plot_h = plot.x_max, plot.height
+    px, py = plot.px, plot.py
 
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {WIDTH} {HEIGHT}" '
@@ -76,26 +60,7 @@ def timeline_chart(
         f"<title>{html.escape(title)}</title>",
         f'<text x="{MARGIN_LEFT}" y="20" class="axis">{html.escape(title)}</text>',
     ]
-    for tick in x_ticks:
-        parts.append(
-            f'<line x1="{px(tick):.1f}" y1="{MARGIN_TOP}" x2="{px(tick):.1f}" '
-            f'y2="{MARGIN_TOP + plot_h}" class="grid"/>'
-            f'<text x="{px(tick):.1f}" y="{MARGIN_TOP + plot_h + 18}" '
-            f'text-anchor="middle">{_format(tick)}</text>'
-        )
-    for tick in y_ticks:
-        parts.append(
-            f'<line x1="{MARGIN_LEFT}" y1="{py(tick):.1f}" x2="{MARGIN_LEFT + plot_w}" '
-            f'y2="{py(tick):.1f}" class="grid"/>'
-            f'<text x="{MARGIN_LEFT - 8}" y="{py(tick) + 4:.1f}" '
-            f'text-anchor="end">{_format(tick)}</text>'
-        )
-    parts.append(
-        f'<text x="{MARGIN_LEFT + plot_w / 2}" y="{HEIGHT - 12}" text-anchor="middle" '
-        f'class="axis">{html.escape(x_label)}</text>'
-        f'<text x="16" y="{MARGIN_TOP + plot_h / 2}" text-anchor="middle" class="axis" '
-        f'transform="rotate(-90 16 {MARGIN_TOP + plot_h / 2})">{html.escape(y_label)}</text>'
-    )
+    parts.extend(plot.axes(x_label, y_label))
     # One polyline per run of defined values: an undefined figure is a gap, not a zero.
     run: list[str] = []
     runs: list[list[str]] = [run]
