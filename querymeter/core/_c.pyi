@@ -117,6 +117,10 @@ class Statements:
     def _read(
         self,
     ) -> tuple[int, tuple[Any, ...], tuple[Any, ...], tuple[tuple[Any, ...], ...]]: ...
+    def _changed(
+        self, rows: dict[str, tuple[Any, ...]], earlier: dict[str, tuple[Any, ...]], top: int
+    ) -> tuple[list[str], int, int]: ...
+    def _totals(self, rows: Iterable[tuple[Any, ...]]) -> tuple[int, int, int, int, int, int]: ...
 
 class Sampling:
     """Sampling(rate, threshold_ns, capture, seed)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import array
 import contextvars
 import fcntl
+import heapq
+import operator
 import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .. import _faults
@@ -472,6 +474,48 @@ class Statements:
                 self._untexted.reading(),
                 tuple(entry.reading() for entry in self._entries.values()),
             )
+
+    def _changed(
+        self, rows: dict[str, tuple[Any, ...]], earlier: dict[str, tuple[Any, ...]], top: int
+    ) -> tuple[list[str], int, int]:
+        """_changed(rows, earlier, top) -> (fingerprints, changed, changed_with_rows)
+
+        The top changed rows of a reading by time gained since an earlier one.
+        """
+        if not isinstance(rows, dict) or not isinstance(earlier, dict):
+            raise TypeError("_changed() takes two dicts of a reading's rows")
+        if top < 0:
+            raise ValueError("top must be at least 0")
+        get = earlier.get
+        # (-gained, fingerprint): heapq compares them in C, ties in fingerprint order.
+        changed: list[tuple[int, str]] = []
+        append = changed.append
+        with_rows = 0
+        for fingerprint, row in rows.items():
+            before = get(fingerprint)
+            if before is None or before[2] != row[2]:
+                if not row[3]:
+                    continue
+                append((-row[5], fingerprint))
+            elif row[3] != before[3]:
+                append((before[5] - row[5], fingerprint))
+            else:
+                continue
+            if row[10]:
+                with_rows += 1
+        top_rows = heapq.nsmallest(top, changed)
+        return [fingerprint for _, fingerprint in top_rows], len(changed), with_rows
+
+    def _totals(self, rows: Iterable[tuple[Any, ...]]) -> tuple[int, int, int, int, int, int]:
+        """_totals(rows) -> (calls, errors, total_ns, total_sq, rows, rows_calls)
+
+        Those fields summed over a reading's rows.
+        """
+        listed = list(rows)
+        calls, errors, total, total_sq, row_count, rows_calls = (
+            sum(map(operator.itemgetter(field), listed)) for field in (3, 4, 5, 6, 9, 10)
+        )
+        return calls, errors, total, total_sq, row_count, rows_calls
 
 
 class _Locked:

@@ -1617,13 +1617,32 @@ typedef struct {
     uint64_t serial, calls, errors, min_ns, max_ns, rows, rows_calls;
     qm_u128 total_ns, total_sq;
     int64_t first_seen, last_seen;
-    int32_t lo, span;
-    uint64_t *counts;
+    int32_t lo;
+    PyObject *counts;       /* bytes: the histogram as native uint64 */
 } entry_copy;
 
-static void
-copy_entry(entry_copy *c, EntryObject *e, uint64_t *counts)
+/* Copies one entry.  Its histogram goes straight into a new bytes object:
+   allocating one runs no Python code (it is not tracked by the collector), so
+   the copy stays inside the critical section, with one pass over the counts
+   and no scratch buffer.  -1 when memory ran out. */
+static int
+copy_entry(entry_copy *c, EntryObject *e)
 {
+    PyObject *counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)e->span * 8);
+    if (counts == NULL) {
+        return -1;
+    }
+    uint64_t *to = (uint64_t *)PyBytes_AS_STRING(counts);
+    if (e->wide) {
+        memcpy(to, e->counts, (size_t)e->span * sizeof(uint64_t));
+    }
+    else {
+        const uint32_t *from = e->counts;
+        for (int32_t i = 0; i < e->span; i++) {
+            to[i] = from[i];
+        }
+    }
+    c->counts = counts;
     c->entry = e;
     c->serial = e->serial;
     c->calls = e->calls;
@@ -1637,35 +1656,48 @@ copy_entry(entry_copy *c, EntryObject *e, uint64_t *counts)
     c->first_seen = e->first_seen;
     c->last_seen = e->last_seen;
     c->lo = e->lo;
-    c->span = e->span;
-    c->counts = counts;
-    for (int32_t i = 0; i < e->span; i++) {
-        counts[i] = histogram_count(e, i);
-    }
+    return 0;
 }
 
+/* The row tuple of a copy; takes over its histogram.  Built item by item (no
+   format string to parse), and untracked by the collector as the collector
+   itself would untrack it: it holds only str, int and bytes. */
 static PyObject *
-entry_copy_to_tuple(const entry_copy *c)
+entry_copy_to_tuple(entry_copy *c)
 {
-    PyObject *counts = PyBytes_FromStringAndSize((const char *)c->counts,
-                                                 (Py_ssize_t)c->span * (Py_ssize_t)sizeof(uint64_t));
-    if (counts == NULL) {
+    PyObject *row = PyTuple_New(15);
+    if (row == NULL) {
         return NULL;
     }
-    PyObject *total = u128_to_pylong(c->total_ns);
-    PyObject *total_sq = u128_to_pylong(c->total_sq);
-    if (total == NULL || total_sq == NULL) {
-        Py_XDECREF(total);
-        Py_XDECREF(total_sq);
-        Py_DECREF(counts);
+    PyObject *items[15] = {
+        Py_NewRef(c->entry->fingerprint),
+        Py_NewRef(c->entry->sample_sql),
+        PyLong_FromUnsignedLongLong(c->serial),
+        PyLong_FromUnsignedLongLong(c->calls),
+        PyLong_FromUnsignedLongLong(c->errors),
+        u128_to_pylong(c->total_ns),
+        u128_to_pylong(c->total_sq),
+        PyLong_FromUnsignedLongLong(c->min_ns),
+        PyLong_FromUnsignedLongLong(c->max_ns),
+        PyLong_FromUnsignedLongLong(c->rows),
+        PyLong_FromUnsignedLongLong(c->rows_calls),
+        PyLong_FromLongLong(c->first_seen),
+        PyLong_FromLongLong(c->last_seen),
+        PyLong_FromLong(c->lo),
+        c->counts,
+    };
+    c->counts = NULL;
+    int failed = 0;
+    for (Py_ssize_t k = 0; k < 15; k++) {
+        failed |= items[k] == NULL;
+        PyTuple_SET_ITEM(row, k, items[k]);  /* a NULL item is skipped by the dealloc */
+    }
+    if (failed) {
+        Py_DECREF(row);
         return NULL;
     }
-    return Py_BuildValue("(OOKKKNNKKKKLLiN)", c->entry->fingerprint, c->entry->sample_sql,
-                         (unsigned long long)c->serial, (unsigned long long)c->calls,
-                         (unsigned long long)c->errors, total, total_sq,
-                         (unsigned long long)c->min_ns, (unsigned long long)c->max_ns,
-                         (unsigned long long)c->rows, (unsigned long long)c->rows_calls,
-                         (long long)c->first_seen, (long long)c->last_seen, (int)c->lo, counts);
+    PyObject_GC_UnTrack(row);
+    return row;
 }
 
 /* _read() -> (dropped, evicted, untexted, (entry, ...)), every entry a tuple
@@ -1682,29 +1714,37 @@ statements_read(StatementsObject *t, PyObject *Py_UNUSED(ignored))
     }
     Py_ssize_t n = PyDict_GET_SIZE(t->entries) + 2;
     entry_copy *copies = PyMem_Calloc((size_t)n, sizeof(entry_copy));
-    uint64_t *counts = PyMem_Calloc((size_t)n * QM_MAX_BUCKETS, sizeof(uint64_t));
-    if (copies == NULL || counts == NULL) {
-        PyMem_Free(copies);
-        PyMem_Free(counts);
+    if (copies == NULL) {
         return PyErr_NoMemory();
     }
-    /* The critical section: plain copies. */
+    /* The critical section: plain copies (and bytes objects, which run no
+       Python code). */
+    PyObject *result = NULL, *rows = NULL, *evicted = NULL, *untexted = NULL;
     uint64_t dropped = t->dropped;
-    copy_entry(&copies[0], t->evicted, counts);
-    copy_entry(&copies[1], t->untexted, counts + QM_MAX_BUCKETS);
-    Py_ssize_t pos = 0, i = 2;
+    Py_ssize_t i = 0;
+    int held = 0;
+    if (copy_entry(&copies[0], t->evicted) < 0) {
+        goto done;
+    }
+    i = 1;
+    if (copy_entry(&copies[1], t->untexted) < 0) {
+        goto done;
+    }
+    i = 2;
+    Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (i < n && PyDict_Next(t->entries, &pos, &key, &value)) {
-        copy_entry(&copies[i], (EntryObject *)value, counts + i * QM_MAX_BUCKETS);
+        if (copy_entry(&copies[i], (EntryObject *)value) < 0) {
+            goto done;
+        }
         i++;
     }
     for (Py_ssize_t k = 0; k < i; k++) {
         Py_INCREF(copies[k].entry);
     }
+    held = 1;
     /* Then the objects. */
-    PyObject *result = NULL;
-    PyObject *rows = PyTuple_New(i - 2);
-    PyObject *evicted = NULL, *untexted = NULL;
+    rows = PyTuple_New(i - 2);
     if (rows == NULL) {
         goto done;
     }
@@ -1726,10 +1766,14 @@ done:
     Py_XDECREF(evicted);
     Py_XDECREF(untexted);
     for (Py_ssize_t k = 0; k < i; k++) {
-        Py_DECREF(copies[k].entry);
+        Py_XDECREF(copies[k].counts);
+    }
+    if (held) {
+        for (Py_ssize_t k = 0; k < i; k++) {
+            Py_DECREF(copies[k].entry);
+        }
     }
     PyMem_Free(copies);
-    PyMem_Free(counts);
     return result;
 }
 
@@ -1742,6 +1786,270 @@ statements_get_len(StatementsObject *t, void *Py_UNUSED(closure))
     return PyLong_FromSsize_t(PyDict_GET_SIZE(t->entries));
 }
 
+/* ------------------------------------------------ comparing two readings */
+
+/* The fields of a reading's row (see _read) that these functions use. */
+#define QM_ROW_FIELDS 15
+#define QM_ROW_SERIAL 2
+#define QM_ROW_CALLS 3
+#define QM_ROW_TOTAL 5
+#define QM_ROW_ROWS_CALLS 10
+
+/* An exact non-negative int of at most 128 bits; -1 with an exception if not. */
+static int
+pylong_to_u128(PyObject *value, qm_u128 *out)
+{
+    unsigned long long low = PyLong_AsUnsignedLongLong(value);
+    if (low != (unsigned long long)-1 || !PyErr_Occurred()) {
+        *out = low;
+        return 0;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_OverflowError) || !PyLong_Check(value)
+        || _PyLong_Sign(value) < 0 || _PyLong_NumBits(value) > 128) {
+        return -1;
+    }
+    PyErr_Clear();
+    unsigned char bytes[16];
+    if (_PyLong_AsByteArray((PyLongObject *)value, bytes, 16, 1, 0) < 0) {
+        return -1;
+    }
+    qm_u128 result = 0;
+    for (int k = 15; k >= 0; k--) {
+        result = (result << 8) | bytes[k];
+    }
+    *out = result;
+    return 0;
+}
+
+/* A row of a reading: a tuple of QM_ROW_FIELDS items, else TypeError. */
+static int
+check_row(PyObject *row)
+{
+    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != QM_ROW_FIELDS) {
+        PyErr_SetString(PyExc_TypeError, "a reading's row must be a tuple of 15 items");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+row_u64(PyObject *row, Py_ssize_t field, uint64_t *out)
+{
+    unsigned long long value = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(row, field));
+    if (value == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1;
+    }
+    *out = value;
+    return 0;
+}
+
+/* One changed row for the top: the time it gained and its fingerprint (borrowed). */
+typedef struct {
+    __int128 gained;
+    PyObject *fingerprint;
+} qm_gain;
+
+/* Whether a ranks after b: less time, or as much and a later fingerprint (as
+   heapq.nsmallest orders (-gained, fingerprint) pairs). */
+static int
+gain_after(const qm_gain *a, const qm_gain *b)
+{
+    if (a->gained != b->gained) {
+        return a->gained < b->gained;
+    }
+    return PyUnicode_Compare(a->fingerprint, b->fingerprint) > 0;
+}
+
+/* Restores the heap (the row that ranks last on top) from `at` down. */
+static void
+gain_sift_down(qm_gain *heap, Py_ssize_t size, Py_ssize_t at)
+{
+    for (;;) {
+        Py_ssize_t last = at, left = 2 * at + 1, right = left + 1;
+        if (left < size && gain_after(&heap[left], &heap[last])) {
+            last = left;
+        }
+        if (right < size && gain_after(&heap[right], &heap[last])) {
+            last = right;
+        }
+        if (last == at) {
+            return;
+        }
+        qm_gain swap = heap[at];
+        heap[at] = heap[last];
+        heap[last] = swap;
+        at = last;
+    }
+}
+
+static int
+gain_sort_compare(const void *a, const void *b)
+{
+    return gain_after(a, b) ? 1 : (gain_after(b, a) ? -1 : 0);
+}
+
+/* _changed(rows, earlier, top) -> (fingerprints, changed, changed_with_rows)
+
+   The per-row work of a recorder step, in C: compares every row of a
+   reading (`rows`, a dict fingerprint -> row) with the same statement's row
+   in an earlier reading (`earlier`, the same kind of dict).  A row changed
+   if it has calls and no earlier row of its serial, or if its calls differ
+   from the earlier row's.  Returns the fingerprints of the `top` changed rows
+   that gained the most time (all of a new row's), ties in fingerprint order;
+   how many rows changed; and how many of those have rows_calls. */
+static PyObject *
+statements_changed(StatementsObject *t, PyObject *args)
+{
+    PyObject *rows, *earlier;
+    Py_ssize_t top;
+    if (!PyArg_ParseTuple(args, "O!O!n:_changed", &PyDict_Type, &rows, &PyDict_Type, &earlier,
+                          &top)) {
+        return NULL;
+    }
+    if (top < 0) {
+        PyErr_SetString(PyExc_ValueError, "top must be at least 0");
+        return NULL;
+    }
+    Py_ssize_t room = top < PyDict_GET_SIZE(rows) ? top : PyDict_GET_SIZE(rows);
+    qm_gain *heap = PyMem_Malloc((size_t)(room > 0 ? room : 1) * sizeof(qm_gain));
+    if (heap == NULL) {
+        return PyErr_NoMemory();
+    }
+    /* No Python code runs in the loop (exact ints and str only), so the
+       borrowed fingerprints stay alive. */
+    Py_ssize_t size = 0, changed = 0, with_rows = 0, pos = 0;
+    PyObject *fingerprint, *row, *result = NULL;
+    while (PyDict_Next(rows, &pos, &fingerprint, &row)) {
+        if (check_row(row) < 0 || !PyUnicode_Check(fingerprint)) {
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_TypeError, "a reading's fingerprints must be str");
+            }
+            goto done;
+        }
+        PyObject *before = PyDict_GetItemWithError(earlier, fingerprint);
+        if (before == NULL && PyErr_Occurred()) {
+            goto done;
+        }
+        uint64_t serial, calls, before_serial = 0, before_calls = 0, rows_calls;
+        qm_u128 total, before_total = 0;
+        if (row_u64(row, QM_ROW_SERIAL, &serial) < 0 || row_u64(row, QM_ROW_CALLS, &calls) < 0) {
+            goto done;
+        }
+        int same = 0;
+        if (before != NULL) {
+            if (check_row(before) < 0 || row_u64(before, QM_ROW_SERIAL, &before_serial) < 0) {
+                goto done;
+            }
+            same = before_serial == serial;
+        }
+        if (same) {
+            if (row_u64(before, QM_ROW_CALLS, &before_calls) < 0) {
+                goto done;
+            }
+            if (calls == before_calls) {
+                continue;
+            }
+            if (pylong_to_u128(PyTuple_GET_ITEM(before, QM_ROW_TOTAL), &before_total) < 0) {
+                goto done;
+            }
+        }
+        else if (calls == 0) {
+            continue;
+        }
+        if (pylong_to_u128(PyTuple_GET_ITEM(row, QM_ROW_TOTAL), &total) < 0
+            || row_u64(row, QM_ROW_ROWS_CALLS, &rows_calls) < 0) {
+            goto done;
+        }
+        changed++;
+        with_rows += rows_calls != 0;
+        /* Totals stay far below 2**127 (a century at a concurrency of 10,000
+           is about 2**75 ns), so the signed difference is exact. */
+        qm_gain gain = {(__int128)total - (__int128)before_total, fingerprint};
+        if (size < room) {
+            /* Sift up. */
+            Py_ssize_t at = size++;
+            heap[at] = gain;
+            while (at > 0 && gain_after(&heap[at], &heap[(at - 1) / 2])) {
+                qm_gain swap = heap[at];
+                heap[at] = heap[(at - 1) / 2];
+                heap[(at - 1) / 2] = swap;
+                at = (at - 1) / 2;
+            }
+        }
+        else if (size > 0 && gain_after(&heap[0], &gain)) {
+            heap[0] = gain;
+            gain_sift_down(heap, size, 0);
+        }
+    }
+    qsort(heap, (size_t)size, sizeof(qm_gain), gain_sort_compare);
+    PyObject *fingerprints = PyList_New(size);
+    if (fingerprints == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < size; k++) {
+        PyList_SET_ITEM(fingerprints, k, Py_NewRef(heap[k].fingerprint));
+    }
+    result = Py_BuildValue("(Nnn)", fingerprints, changed, with_rows);
+done:
+    PyMem_Free(heap);
+    return result;
+}
+
+/* _totals(rows) -> (calls, errors, total_ns, total_sq, rows, rows_calls)
+
+   Those six fields summed over `rows` (an iterable of a reading's rows). */
+static PyObject *
+statements_totals(StatementsObject *t, PyObject *rows)
+{
+    static const Py_ssize_t fields[6] = {3, 4, 5, 6, 9, 10};
+    qm_u128 sums[6] = {0, 0, 0, 0, 0, 0};
+    uint64_t carries[6] = {0, 0, 0, 0, 0, 0};  /* how many times a sum wrapped 2**128 */
+    PyObject *iterator = PyObject_GetIter(rows);
+    if (iterator == NULL) {
+        return NULL;
+    }
+    PyObject *row;
+    while ((row = PyIter_Next(iterator)) != NULL) {
+        int failed = check_row(row);
+        for (int k = 0; k < 6 && !failed; k++) {
+            qm_u128 value;
+            failed = pylong_to_u128(PyTuple_GET_ITEM(row, fields[k]), &value) < 0;
+            if (!failed) {
+                sums[k] += value;
+                carries[k] += sums[k] < value;
+            }
+        }
+        Py_DECREF(row);
+        if (failed) {
+            break;
+        }
+    }
+    Py_DECREF(iterator);
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *result = PyTuple_New(6);
+    for (int k = 0; result != NULL && k < 6; k++) {
+        PyObject *sum = u128_to_pylong(sums[k]);
+        if (sum != NULL && carries[k]) {
+            /* sum + carries * 2**128, exact as Python's ints are. */
+            PyObject *carried = PyLong_FromUnsignedLongLong(carries[k]);
+            PyObject *shift = PyLong_FromLong(128);
+            PyObject *high = carried && shift ? PyNumber_Lshift(carried, shift) : NULL;
+            Py_SETREF(sum, high ? PyNumber_Add(high, sum) : NULL);
+            Py_XDECREF(carried);
+            Py_XDECREF(shift);
+            Py_XDECREF(high);
+        }
+        if (sum == NULL) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyTuple_SET_ITEM(result, k, sum);
+    }
+    return result;
+}
+
 static PyMethodDef statements_methods[] = {
     {"_record", (PyCFunction)statements_record_method, METH_VARARGS,
      PyDoc_STR("_record(sql, dialect, elapsed_ns, error, rows, times=1) -> None\n\n"
@@ -1749,6 +2057,12 @@ static PyMethodDef statements_methods[] = {
     {"_read", (PyCFunction)statements_read, METH_NOARGS,
      PyDoc_STR("_read() -> (dropped, evicted, untexted, entries)\n\n"
                "Every entry's figures at one instant.")},
+    {"_changed", (PyCFunction)statements_changed, METH_VARARGS,
+     PyDoc_STR("_changed(rows, earlier, top) -> (fingerprints, changed, changed_with_rows)\n\n"
+               "The top changed rows of a reading by time gained since an earlier one.")},
+    {"_totals", (PyCFunction)statements_totals, METH_O,
+     PyDoc_STR("_totals(rows) -> (calls, errors, total_ns, total_sq, rows, rows_calls)\n\n"
+               "Those fields summed over a reading's rows.")},
     {NULL, NULL, 0, NULL},
 };
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import array
 import dataclasses
-import heapq
 import importlib
 import math
 import operator
@@ -164,6 +163,8 @@ class _TableReading:
     rows: dict[str, tuple[Any, ...]]
     #: The rows' and the evicted row's totals (see _SUMMED).
     sums: tuple[int, ...]
+    #: The table's core, which compares two of its readings (``_changed``).
+    core: Any
 
 
 class _Ring:
@@ -294,12 +295,6 @@ def _retrimmed(stats: StatementStats) -> StatementStats:
     if lo == stats.histogram_lo and len(counts) * 8 == len(stats.histogram):
         return stats
     return dataclasses.replace(stats, histogram_lo=lo, histogram=array.array("Q", counts).tobytes())
-
-
-def _sums(rows: Iterable[tuple[Any, ...]], evicted: tuple[Any, ...]) -> tuple[int, ...]:
-    """The table's cumulative totals: every row's and the evicted row's, per summed field."""
-    listed = list(rows)
-    return tuple(sum(map(operator.itemgetter(field), listed)) + evicted[field] for field in _SUMMED)
 
 
 class FlightRecorder:
@@ -494,14 +489,18 @@ class FlightRecorder:
         table = self._meter.statements
         if table is None:
             return None
-        dropped, evicted, untexted, rows = table._core._read()
+        core = table._core
+        dropped, evicted, untexted, rows = core._read()
+        # The table's cumulative totals: every row's and the evicted row's.
+        sums = core._totals(rows)
         return _TableReading(
             table.table_id,
             dropped,
             evicted,
             untexted,
             dict(zip(map(operator.itemgetter(_FP), rows), rows, strict=True)),
-            _sums(rows, evicted),
+            tuple(sums[k] + evicted[field] for k, field in enumerate(_SUMMED)),
+            core,
         )
 
     def _step_statements(
@@ -521,18 +520,13 @@ class FlightRecorder:
         same_table = before is not None and before.table_id == now.table_id
         earlier_rows = before.rows if before is not None and same_table else {}
         get = earlier_rows.get
-        # (-Δtotal, fingerprint): heapq compares them in C, ties in fingerprint order.
-        changed: list[tuple[int, str]] = []
-        append = changed.append
-        for fingerprint, row in now.rows.items():
-            earlier = get(fingerprint)
-            if earlier is None or earlier[_SERIAL] != row[_SERIAL]:
-                if row[_CALLS]:
-                    append((-row[_TOTAL], fingerprint))
-            elif row[_CALLS] != earlier[_CALLS]:
-                append((earlier[_TOTAL] - row[_TOTAL], fingerprint))
+        # The pass over every row runs in the core (C in the C core): the rows
+        # that changed, and the top of them by time gained.
+        top, changed, changed_with_rows = now.core._changed(
+            now.rows, earlier_rows, self.statements_per_step
+        )
         statements = []
-        for _, fingerprint in heapq.nsmallest(self.statements_per_step, changed):
+        for fingerprint in top:
             row = now.rows[fingerprint]
             earlier = get(fingerprint)
             if earlier is not None and earlier[_SERIAL] != row[_SERIAL]:
@@ -575,17 +569,10 @@ class FlightRecorder:
         step_sums[5] -= evicted_rows_calls
         rest_calls, rest_errors, rest_total, rest_total_sq, rest_rows, rest_rows_calls = step_sums
         # The rest has rows, as a statement does, if one of its statements ever
-        # reported rows (in this step or before it): scanned only when no call
-        # of the step did.
-        rest_has_rows = rest_rows_calls > 0
-        if not rest_has_rows and len(changed) > len(statements):
-            chosen = {stats.fingerprint for stats in statements}
-            rows_now = now.rows
-            rest_has_rows = any(
-                rows_now[fingerprint][_ROWS_CALLS]
-                for _, fingerprint in changed
-                if fingerprint not in chosen
-            )
+        # reported rows (in this step or before it).
+        rest_has_rows = rest_rows_calls > 0 or changed_with_rows > sum(
+            1 for fingerprint in top if now.rows[fingerprint][_ROWS_CALLS]
+        )
         start_wall_ns = self._wall_ns(start.uptime_ns)
         end_wall_ns = self._wall_ns(end.uptime_ns)
         rest = StatementStats(
@@ -612,7 +599,7 @@ class FlightRecorder:
             start_wall_ns,
             end_wall_ns,
             rest,
-            len(changed) - len(statements),
+            changed - len(statements),
         )
 
     def _wall_ns(self, uptime_ns: int) -> int:
