@@ -69,10 +69,7 @@ def pool_refusal(pool: Any) -> str | None:
         if current is None or current() is None:
             return None
         return "this thread's connection of the engine's pool is in use"
-    return (
-        f"the engine's {type(pool).__name__} may share its connection with the "
-        "application"
-    )
+    return f"the engine's {type(pool).__name__} may share its connection with the application"
 
 
 @contextmanager

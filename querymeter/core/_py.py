@@ -180,9 +180,9 @@ class MeterCore:
         "_sampling",
         "_serial",
         "_session_focus",
-        "_shared",
         "_session_sampling",
         "_session_statements",
+        "_shared",
         "_stamp_ns",
         "_start_ns",
         "_started",
@@ -677,7 +677,8 @@ class MeterCore:
     def oldest_in_flight_ns(self) -> int | None:
         """oldest_in_flight_ns() -> int | None
 
-        Age in ns of the oldest query still in flight (of every process, for a shared meter); None when none is.
+        Age in ns of the oldest query still in flight (of every process, for a
+        shared meter); None when none is.
         """
         reading = self._injected_reading()
         with self._lock:
@@ -1440,9 +1441,11 @@ class _SharedCounters:
 
     def __init__(self, mapping: Any, fd: int, slot: int) -> None:
         signed, unsigned, slots = _shm_views(mapping)
-        if not isinstance(slot, int) or not 0 <= slot < slots or (
-            unsigned[_shm_slot_word(slot)] & 0xFFFFFFFF
-        ) != 1:
+        if (
+            not isinstance(slot, int)
+            or not 0 <= slot < slots
+            or (unsigned[_shm_slot_word(slot)] & 0xFFFFFFFF) != 1
+        ):
             signed.release()
             unsigned.release()
             raise ValueError("_share() needs a slot taken by _shared_claim()")
@@ -1642,4 +1645,5 @@ def _shared_read(mapping: Any, fd: int) -> Any:
                 own,
             )
         )
-    return service, tuple(taken), (header[_W_STEALS], header[_W_REAPED_SLOTS], header[_W_REAPED_QUERIES])
+    reaped = (header[_W_STEALS], header[_W_REAPED_SLOTS], header[_W_REAPED_QUERIES])
+    return service, tuple(taken), reaped
