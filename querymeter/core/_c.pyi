@@ -117,6 +117,9 @@ class Statements:
     def _read(
         self,
     ) -> tuple[int, tuple[Any, ...], tuple[Any, ...], tuple[tuple[Any, ...], ...]]: ...
+    def _read_rows(
+        self,
+    ) -> tuple[int, tuple[Any, ...], tuple[Any, ...], tuple[tuple[Any, ...], ...]]: ...
     def _changed(
         self, rows: dict[str, tuple[Any, ...]], earlier: dict[str, tuple[Any, ...]], top: int
     ) -> tuple[list[str], int, int]: ...

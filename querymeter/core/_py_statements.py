@@ -221,6 +221,29 @@ class _Entry:
                 slot = self._slot(other.lo + i)
                 self.counts[slot] += count
 
+    def flat_reading(self) -> tuple[Any, ...]:
+        """The entry as a row of _read_rows: its histogram as (buffer, start, end)."""
+        counts = self.counts
+        return (
+            self.fingerprint,
+            self.sample_sql,
+            self.serial,
+            self.calls,
+            self.errors,
+            self.total_ns,
+            self.total_sq,
+            self.min_ns if self.calls else 0,
+            self.max_ns,
+            self.rows,
+            self.rows_calls,
+            self.first_seen,
+            self.last_seen,
+            self.lo,
+            array.array("Q", counts).tobytes(),
+            0,
+            8 * len(counts),
+        )
+
     def reading(self) -> tuple[Any, ...]:
         return (
             self.fingerprint,
@@ -473,6 +496,30 @@ class Statements:
                 self._evicted.reading(),
                 self._untexted.reading(),
                 tuple(entry.reading() for entry in self._entries.values()),
+            )
+
+    def _read_rows(
+        self,
+    ) -> tuple[int, tuple[Any, ...], tuple[Any, ...], tuple[tuple[Any, ...], ...]]:
+        """_read_rows() -> (dropped, evicted, untexted, entries)
+
+        As _read(), each histogram as (buffer, start, end) in buffers rows share.
+        """
+        if self._shared is not None:
+            with self._lock:
+                dropped, evicted, untexted, rows = self._shared.read(
+                    self._evicted.fingerprint, self._untexted.fingerprint
+                )
+            flat = [(*row, 0, len(row[14])) for row in (evicted, untexted, *rows)]
+            return dropped, flat[0], flat[1], tuple(flat[2:])
+        # Each histogram in a buffer of its own: in Python, one big buffer costs
+        # more (the copy into it, and fresh pages for it) than it saves.
+        with self._lock:
+            return (
+                self._dropped,
+                self._evicted.flat_reading(),
+                self._untexted.flat_reading(),
+                tuple(entry.flat_reading() for entry in self._entries.values()),
             )
 
     def _changed(

@@ -1618,21 +1618,16 @@ typedef struct {
     qm_u128 total_ns, total_sq;
     int64_t first_seen, last_seen;
     int32_t lo;
-    PyObject *counts;       /* bytes: the histogram as native uint64 */
+    PyObject *counts;       /* _read: bytes, the histogram as native uint64 */
+    PyObject *buffer;       /* _read_rows: borrowed, the bytes that hold it ... */
+    Py_ssize_t start, end;  /* ... from start to end */
+    Py_ssize_t chunk;       /* which of the reading's buffers that is */
 } entry_copy;
 
-/* Copies one entry.  Its histogram goes straight into a new bytes object:
-   allocating one runs no Python code (it is not tracked by the collector), so
-   the copy stays inside the critical section, with one pass over the counts
-   and no scratch buffer.  -1 when memory ran out. */
-static int
-copy_entry(entry_copy *c, EntryObject *e)
+/* An entry's histogram as native uint64, into `to` (span of them). */
+static void
+copy_counts(const EntryObject *e, uint64_t *to)
 {
-    PyObject *counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)e->span * 8);
-    if (counts == NULL) {
-        return -1;
-    }
-    uint64_t *to = (uint64_t *)PyBytes_AS_STRING(counts);
     if (e->wide) {
         memcpy(to, e->counts, (size_t)e->span * sizeof(uint64_t));
     }
@@ -1642,7 +1637,11 @@ copy_entry(entry_copy *c, EntryObject *e)
             to[i] = from[i];
         }
     }
-    c->counts = counts;
+}
+
+static void
+copy_figures(entry_copy *c, EntryObject *e)
+{
     c->entry = e;
     c->serial = e->serial;
     c->calls = e->calls;
@@ -1656,20 +1655,39 @@ copy_entry(entry_copy *c, EntryObject *e)
     c->first_seen = e->first_seen;
     c->last_seen = e->last_seen;
     c->lo = e->lo;
+}
+
+/* Copies one entry for _read.  Its histogram goes straight into a new bytes
+   object: allocating one runs no Python code (it is not tracked by the
+   collector), so the copy stays inside the critical section, with one pass
+   over the counts and no scratch buffer.  -1 when memory ran out. */
+static int
+copy_entry(entry_copy *c, EntryObject *e)
+{
+    PyObject *counts = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)e->span * 8);
+    if (counts == NULL) {
+        return -1;
+    }
+    copy_counts(e, (uint64_t *)PyBytes_AS_STRING(counts));
+    c->counts = counts;
+    copy_figures(c, e);
     return 0;
 }
 
-/* The row tuple of a copy; takes over its histogram.  Built item by item (no
-   format string to parse), and untracked by the collector as the collector
-   itself would untrack it: it holds only str, int and bytes. */
+/* The row tuple of a copy (takes over its histogram): 15 items for _read,
+   17 for _read_rows (the buffer that holds the histogram, its start and end,
+   instead of the histogram's own bytes).  Built item by item (no format
+   string to parse), and untracked by the collector as the collector itself
+   would untrack it: it holds only str, int and bytes. */
 static PyObject *
-entry_copy_to_tuple(entry_copy *c)
+entry_copy_to_tuple(entry_copy *c, int flat)
 {
-    PyObject *row = PyTuple_New(15);
+    Py_ssize_t size = flat ? 17 : 15;
+    PyObject *row = PyTuple_New(size);
     if (row == NULL) {
         return NULL;
     }
-    PyObject *items[15] = {
+    PyObject *items[17] = {
         Py_NewRef(c->entry->fingerprint),
         Py_NewRef(c->entry->sample_sql),
         PyLong_FromUnsignedLongLong(c->serial),
@@ -1684,11 +1702,13 @@ entry_copy_to_tuple(entry_copy *c)
         PyLong_FromLongLong(c->first_seen),
         PyLong_FromLongLong(c->last_seen),
         PyLong_FromLong(c->lo),
-        c->counts,
+        flat ? Py_NewRef(c->buffer) : c->counts,
+        flat ? PyLong_FromSsize_t(c->start) : NULL,
+        flat ? PyLong_FromSsize_t(c->end) : NULL,
     };
     c->counts = NULL;
     int failed = 0;
-    for (Py_ssize_t k = 0; k < 15; k++) {
+    for (Py_ssize_t k = 0; k < size; k++) {
         failed |= items[k] == NULL;
         PyTuple_SET_ITEM(row, k, items[k]);  /* a NULL item is skipped by the dealloc */
     }
@@ -1698,6 +1718,40 @@ entry_copy_to_tuple(entry_copy *c)
     }
     PyObject_GC_UnTrack(row);
     return row;
+}
+
+/* (dropped, evicted, untexted, rows) from the copies: the second half of
+   _read and of _read_rows (`flat`).  Takes over the copies' histograms; the
+   caller holds the entries and the buffers. */
+static PyObject *
+copies_to_reading(uint64_t dropped, entry_copy *copies, Py_ssize_t count, int flat)
+{
+    PyObject *result = NULL, *evicted = NULL, *untexted = NULL;
+    PyObject *rows = PyTuple_New(count - 2);
+    if (rows == NULL) {
+        goto done;
+    }
+    evicted = entry_copy_to_tuple(&copies[0], flat);
+    untexted = entry_copy_to_tuple(&copies[1], flat);
+    if (evicted == NULL || untexted == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t k = 2; k < count; k++) {
+        PyObject *row = entry_copy_to_tuple(&copies[k], flat);
+        if (row == NULL) {
+            goto done;
+        }
+        PyTuple_SET_ITEM(rows, k - 2, row);
+    }
+    result = Py_BuildValue("(KOOO)", (unsigned long long)dropped, evicted, untexted, rows);
+done:
+    Py_XDECREF(rows);
+    Py_XDECREF(evicted);
+    Py_XDECREF(untexted);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_CLEAR(copies[k].counts);
+    }
+    return result;
 }
 
 /* _read() -> (dropped, evicted, untexted, (entry, ...)), every entry a tuple
@@ -1719,60 +1773,186 @@ statements_read(StatementsObject *t, PyObject *Py_UNUSED(ignored))
     }
     /* The critical section: plain copies (and bytes objects, which run no
        Python code). */
-    PyObject *result = NULL, *rows = NULL, *evicted = NULL, *untexted = NULL;
+    PyObject *result = NULL;
     uint64_t dropped = t->dropped;
     Py_ssize_t i = 0;
-    int held = 0;
     if (copy_entry(&copies[0], t->evicted) < 0) {
-        goto done;
+        goto failed;
     }
     i = 1;
     if (copy_entry(&copies[1], t->untexted) < 0) {
-        goto done;
+        goto failed;
     }
     i = 2;
     Py_ssize_t pos = 0;
     PyObject *key, *value;
     while (i < n && PyDict_Next(t->entries, &pos, &key, &value)) {
         if (copy_entry(&copies[i], (EntryObject *)value) < 0) {
-            goto done;
+            goto failed;
         }
         i++;
     }
     for (Py_ssize_t k = 0; k < i; k++) {
         Py_INCREF(copies[k].entry);
     }
-    held = 1;
     /* Then the objects. */
-    rows = PyTuple_New(i - 2);
-    if (rows == NULL) {
-        goto done;
+    result = copies_to_reading(dropped, copies, i, 0);
+    for (Py_ssize_t k = 0; k < i; k++) {
+        Py_DECREF(copies[k].entry);
     }
-    evicted = entry_copy_to_tuple(&copies[0]);
-    untexted = entry_copy_to_tuple(&copies[1]);
-    if (evicted == NULL || untexted == NULL) {
-        goto done;
-    }
-    for (Py_ssize_t k = 2; k < i; k++) {
-        PyObject *row = entry_copy_to_tuple(&copies[k]);
-        if (row == NULL) {
-            goto done;
-        }
-        PyTuple_SET_ITEM(rows, k - 2, row);
-    }
-    result = Py_BuildValue("(KOOO)", (unsigned long long)dropped, evicted, untexted, rows);
-done:
-    Py_XDECREF(rows);
-    Py_XDECREF(evicted);
-    Py_XDECREF(untexted);
+    PyMem_Free(copies);
+    return result;
+failed:
     for (Py_ssize_t k = 0; k < i; k++) {
         Py_XDECREF(copies[k].counts);
     }
-    if (held) {
-        for (Py_ssize_t k = 0; k < i; k++) {
-            Py_DECREF(copies[k].entry);
+    PyMem_Free(copies);
+    return NULL;
+}
+
+/* A row of _read_rows from a row of _read: its histogram's bytes are its
+   buffer, whole. */
+static PyObject *
+flat_row(PyObject *row)
+{
+    PyObject *counts = PyTuple_GET_ITEM(row, 14);
+    PyObject *flat = PyTuple_New(17);
+    if (flat == NULL) {
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < 15; k++) {
+        PyTuple_SET_ITEM(flat, k, Py_NewRef(PyTuple_GET_ITEM(row, k)));
+    }
+    PyTuple_SET_ITEM(flat, 15, PyLong_FromLong(0));
+    PyObject *end = PyLong_FromSsize_t(PyBytes_GET_SIZE(counts));
+    PyTuple_SET_ITEM(flat, 16, end);
+    if (end == NULL) {
+        Py_DECREF(flat);
+        return NULL;
+    }
+    return flat;
+}
+
+/* _read_rows() of a shared table: its _read() (whose copy under the lock
+   already makes one bytes object per histogram), in _read_rows' shape. */
+static PyObject *
+st_read_rows(StatementsObject *t)
+{
+    PyObject *reading = st_read(t);
+    if (reading == NULL) {
+        return NULL;
+    }
+    PyObject *rows = PyTuple_GET_ITEM(reading, 3);
+    Py_ssize_t count = PyTuple_GET_SIZE(rows);
+    PyObject *flat_rows = PyTuple_New(count);
+    PyObject *evicted = NULL, *untexted = NULL, *result = NULL;
+    if (flat_rows == NULL) {
+        goto done;
+    }
+    evicted = flat_row(PyTuple_GET_ITEM(reading, 1));
+    untexted = evicted ? flat_row(PyTuple_GET_ITEM(reading, 2)) : NULL;
+    if (untexted == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        PyObject *row = flat_row(PyTuple_GET_ITEM(rows, k));
+        if (row == NULL) {
+            goto done;
+        }
+        PyTuple_SET_ITEM(flat_rows, k, row);
+    }
+    result = Py_BuildValue("(OOOO)", PyTuple_GET_ITEM(reading, 0), evicted, untexted, flat_rows);
+done:
+    Py_DECREF(reading);
+    Py_XDECREF(flat_rows);
+    Py_XDECREF(evicted);
+    Py_XDECREF(untexted);
+    return result;
+}
+
+/* The histograms of _read_rows go into buffers of at most this many bytes:
+   few allocations, each below the C library's threshold for mapping fresh
+   pages (128 KiB in glibc), so that each reading reuses freed memory instead
+   of faulting in new pages. */
+#define QM_READ_BUFFER_BYTES (64 * 1024)
+
+/* _read_rows() -> (dropped, evicted, untexted, (entry, ...)): what _read()
+   reads, each entry's histogram in a buffer it shares with other entries: an
+   entry's last three items are (buffer, start, end), its histogram being
+   buffer[start:end] (native uint64 counts), instead of the histogram's own
+   bytes.  One allocation per few dozen rows instead of one per row, for a
+   reader that needs few of the histograms (the flight recorder). */
+static PyObject *
+statements_read_rows(StatementsObject *t, PyObject *Py_UNUSED(ignored))
+{
+    if (t->shared != NULL) {
+        return st_read_rows(t);
+    }
+    Py_ssize_t n = PyDict_GET_SIZE(t->entries) + 2;
+    entry_copy *copies = PyMem_Calloc((size_t)n, sizeof(entry_copy));
+    /* At least 12 histograms (of at most QM_MAX_BUCKETS) fit in a buffer. */
+    Py_ssize_t most = n / (QM_READ_BUFFER_BYTES / (8 * QM_MAX_BUCKETS)) + 1;
+    PyObject **buffers = PyMem_Calloc((size_t)most, sizeof(PyObject *));
+    if (copies == NULL || buffers == NULL) {
+        PyMem_Free(copies);
+        PyMem_Free(buffers);
+        return PyErr_NoMemory();
+    }
+    /* The critical section: where each histogram goes (one pass over the
+       spans), the buffers (bytes objects: no Python code runs), the copies. */
+    uint64_t dropped = t->dropped;
+    EntryObject *special[2] = {t->evicted, t->untexted};
+    Py_ssize_t pos = 0, i = 0, buffer_count = 0, at = 0;
+    PyObject *key, *value, *result = NULL;
+    for (; i < n; i++) {
+        EntryObject *e;
+        if (i < 2) {
+            e = special[i];
+        }
+        else if (PyDict_Next(t->entries, &pos, &key, &value)) {
+            e = (EntryObject *)value;
+        }
+        else {
+            break;
+        }
+        Py_ssize_t size = (Py_ssize_t)e->span * 8;
+        if (buffer_count == 0 || at + size > QM_READ_BUFFER_BYTES) {
+            buffer_count++;
+            at = 0;
+        }
+        copies[i].entry = e;
+        copies[i].start = at;
+        copies[i].end = at + size;
+        copies[i].chunk = buffer_count - 1;  /* its size: the last end in it */
+        at += size;
+    }
+    Py_ssize_t count = i;
+    for (Py_ssize_t k = 0, b = 0; k < count; k++) {
+        if (k + 1 == count || copies[k + 1].chunk != b) {
+            buffers[b] = PyBytes_FromStringAndSize(NULL, copies[k].end);
+            if (buffers[b] == NULL) {
+                goto failed;
+            }
+            b++;
         }
     }
+    for (Py_ssize_t k = 0; k < count; k++) {
+        EntryObject *e = copies[k].entry;
+        copies[k].buffer = buffers[copies[k].chunk];
+        copy_figures(&copies[k], e);
+        copy_counts(e, (uint64_t *)(PyBytes_AS_STRING(copies[k].buffer) + copies[k].start));
+        Py_INCREF(e);
+    }
+    /* Then the objects. */
+    result = copies_to_reading(dropped, copies, count, 1);
+    for (Py_ssize_t k = 0; k < count; k++) {
+        Py_DECREF(copies[k].entry);
+    }
+failed:
+    for (Py_ssize_t b = 0; b < buffer_count; b++) {
+        Py_XDECREF(buffers[b]);
+    }
+    PyMem_Free(buffers);
     PyMem_Free(copies);
     return result;
 }
@@ -1821,12 +2001,14 @@ pylong_to_u128(PyObject *value, qm_u128 *out)
     return 0;
 }
 
-/* A row of a reading: a tuple of QM_ROW_FIELDS items, else TypeError. */
+/* A row of a reading (_read's or _read_rows'): a tuple of 15 or 17 items, else
+   TypeError. */
 static int
 check_row(PyObject *row)
 {
-    if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) != QM_ROW_FIELDS) {
-        PyErr_SetString(PyExc_TypeError, "a reading's row must be a tuple of 15 items");
+    if (!PyTuple_Check(row)
+        || (PyTuple_GET_SIZE(row) != QM_ROW_FIELDS && PyTuple_GET_SIZE(row) != QM_ROW_FIELDS + 2)) {
+        PyErr_SetString(PyExc_TypeError, "a reading's row must be a tuple of 15 or 17 items");
         return -1;
     }
     return 0;
@@ -2057,6 +2239,9 @@ static PyMethodDef statements_methods[] = {
     {"_read", (PyCFunction)statements_read, METH_NOARGS,
      PyDoc_STR("_read() -> (dropped, evicted, untexted, entries)\n\n"
                "Every entry's figures at one instant.")},
+    {"_read_rows", (PyCFunction)statements_read_rows, METH_NOARGS,
+     PyDoc_STR("_read_rows() -> (dropped, evicted, untexted, entries)\n\n"
+               "As _read(), each histogram as (buffer, start, end) in buffers rows share.")},
     {"_changed", (PyCFunction)statements_changed, METH_VARARGS,
      PyDoc_STR("_changed(rows, earlier, top) -> (fingerprints, changed, changed_with_rows)\n\n"
                "The top changed rows of a reading by time gained since an earlier one.")},

@@ -229,6 +229,12 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
+def _full(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A row of the core's ``_read_rows``, whose histogram is (buffer, start, end), as
+    ``_read`` gives it, with its own histogram: made only for the few rows a step keeps."""
+    return (*row[:_HISTOGRAM], row[_HISTOGRAM][row[_HISTOGRAM + 1] : row[_HISTOGRAM + 2]])
+
+
 def _trim(lo: int, counts: list[int]) -> tuple[int, list[int]]:
     """The histogram cut to its first and last non-empty bucket (all of them between)."""
     first = next((i for i, count in enumerate(counts) if count), None)
@@ -490,7 +496,8 @@ class FlightRecorder:
         if table is None:
             return None
         core = table._core
-        dropped, evicted, untexted, rows = core._read()
+        dropped, evicted, untexted, rows = core._read_rows()
+        evicted, untexted = _full(evicted), _full(untexted)
         # The table's cumulative totals: every row's and the evicted row's.
         sums = core._totals(rows)
         return _TableReading(
@@ -531,7 +538,7 @@ class FlightRecorder:
             earlier = get(fingerprint)
             if earlier is not None and earlier[_SERIAL] != row[_SERIAL]:
                 earlier = None
-            statements.append(_delta_stats(row, earlier))
+            statements.append(_delta_stats(_full(row), None if earlier is None else _full(earlier)))
         if same_table and before is not None:
             evicted = _delta_stats(now.evicted, before.evicted)
             evicted_rows_calls = now.evicted[_ROWS_CALLS] - before.evicted[_ROWS_CALLS]
@@ -541,7 +548,7 @@ class FlightRecorder:
                 for fingerprint, earlier in before.rows.items():
                     current = now.rows.get(fingerprint)
                     if current is None or current[_SERIAL] != earlier[_SERIAL]:
-                        evicted = _minus(evicted, _stats(earlier))
+                        evicted = _minus(evicted, _stats(_full(earlier)))
                         evicted_rows_calls -= earlier[_ROWS_CALLS]
                 evicted = _retrimmed(evicted)
             untexted = _delta_stats(now.untexted, before.untexted)

@@ -1,14 +1,19 @@
-"""The core's comparison of two readings of a table (``_changed``, ``_totals``): against a
-ledger of the queries recorded, and the same on both cores."""
+"""The core's readings for the flight recorder (``_read_rows``) and its comparison of two
+readings (``_changed``, ``_totals``): against ``_read`` and a ledger of the queries
+recorded, and the same on both cores."""
 
 from __future__ import annotations
 
+import importlib
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from querymeter.meter import Meter as MeterType
+from querymeter.shared._statements import SharedStatementTable
+from querymeter.statements import StatementTable
 
 from ..conftest import load_meter_class
 
@@ -48,6 +53,43 @@ def play(
         if rows >= 0:
             figures[4] += rows * times
             figures[5] += times
+
+
+def with_histograms(reading: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A _read_rows reading as _read gives it: each row with its own histogram."""
+    dropped, evicted, untexted, rows = reading
+
+    def full(row: tuple[Any, ...]) -> tuple[Any, ...]:
+        assert len(row) == 17 and type(row[14]) is bytes
+        assert 0 <= row[15] <= row[16] <= len(row[14]) and (row[16] - row[15]) % 8 == 0
+        return (*row[:14], row[14][row[15] : row[16]])
+
+    return dropped, full(evicted), full(untexted), tuple(map(full, rows))
+
+
+def test_read_rows_is_read_with_the_histograms_in_shared_buffers(
+    implementation: str, tmp_path: Path
+) -> None:
+    """_read_rows gives _read's figures, each row's histogram a slice of a bytes object that
+    rows share, for a table of one process and for a shared one, through evictions."""
+    module = "querymeter.core._c" if implementation == "c" else "querymeter.core._py"
+    core_type = importlib.import_module(module).Statements
+    tables = [
+        StatementTable(30, core_type=core_type),
+        SharedStatementTable(
+            str(tmp_path / "shared.querymeter.statements"), 30, core_type=core_type
+        ),
+    ]
+    for table in tables:
+        rng = random.Random(13)
+        ledger: dict[str, list[int]] = {}
+        play(table, rng, TEXTS, ledger, 400)
+        table._core._record(None, None, 5_000, True, -1)
+        # A count past 32 bits makes the C core's histogram 64-bit wide.
+        table._core._record(TEXTS[1], None, 70_000, False, 2, 2**33)
+        reading = table._core._read()
+        assert reading[0] > 0, "the sequence evicts statements"
+        assert with_histograms(table._core._read_rows()) == reading
 
 
 def test_changed_rows_and_their_top_follow_the_ledger(Meter: type[MeterType]) -> None:
