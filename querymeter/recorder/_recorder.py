@@ -519,10 +519,12 @@ class FlightRecorder:
     ) -> StepStatements:
         """What ran between two cumulative readings of the table: top by time, the rest summed.
 
-        One pass over the rows finds those that changed and by how much time;
-        the top are made from their two raw rows; the rest is what remains of
-        the table's totals (rows and evicted, whose sum only grows by the step's
-        calls, eviction moving counts from a row to the evicted row).
+        One pass over the rows (the core's ``_changed``: in C on the C core)
+        finds those that changed and the top of them by time gained; the top
+        are made from their two raw rows (the only full rows made); the rest is
+        what remains of the table's totals (rows and evicted, whose sum only
+        grows by the step's calls, eviction moving counts from a row to the
+        evicted row).
         """
         same_table = before is not None and before.table_id == now.table_id
         earlier_rows = before.rows if before is not None and same_table else {}
