@@ -57,7 +57,7 @@ from ..markers import markers as _all_markers
 from ..meter import Meter, meter_argument
 from ..readings import Interval, Snapshot
 from ..statements import StatementsInterval, StatementStats
-from ..statements._readings import _empty, _midpoint, _minus, _stats
+from ..statements._readings import _empty, _minus, _stats, _trim
 
 __all__ = [
     "DEFAULT_RESOLUTIONS",
@@ -81,10 +81,10 @@ _JOIN_TIMEOUT_S = 10.0
 
 # A raw row of the core's table reading (see statements._readings._stats):
 # (fingerprint, sample, serial, calls, errors, total, total_sq, min, max,
-#  rows, rows_calls, first_seen, last_seen, histogram_lo, histogram).
-_FP, _SAMPLE, _SERIAL, _CALLS, _ERRORS, _TOTAL, _TOTAL_SQ = 0, 1, 2, 3, 4, 5, 6
-_MIN, _MAX, _ROWS, _ROWS_CALLS, _FIRST_SEEN, _LAST_SEEN = 7, 8, 9, 10, 11, 12
-_LO, _HISTOGRAM = 13, 14
+#  rows, rows_calls, first_seen, last_seen, histogram_lo, histogram); the
+# fields read here:
+_FP, _SERIAL, _CALLS, _ERRORS, _TOTAL, _TOTAL_SQ = 0, 2, 3, 4, 5, 6
+_ROWS, _ROWS_CALLS, _HISTOGRAM = 9, 10, 14
 # The fields a table's totals sum: calls, errors, total, total_sq, rows, rows_calls.
 _SUMMED = (_CALLS, _ERRORS, _TOTAL, _TOTAL_SQ, _ROWS, _ROWS_CALLS)
 _EMPTY_ROW: tuple[Any, ...] = ("", "", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, b"")
@@ -235,71 +235,16 @@ def _full(row: tuple[Any, ...]) -> tuple[Any, ...]:
     return (*row[:_HISTOGRAM], row[_HISTOGRAM][row[_HISTOGRAM + 1] : row[_HISTOGRAM + 2]])
 
 
-def _trim(lo: int, counts: list[int]) -> tuple[int, list[int]]:
-    """The histogram cut to its first and last non-empty bucket (all of them between)."""
-    first = next((i for i, count in enumerate(counts) if count), None)
-    if first is None:
-        return 0, []
-    last = len(counts) - 1
-    while not counts[last]:
-        last -= 1
-    return lo + first, counts[first : last + 1]
-
-
 def _delta_stats(row: tuple[Any, ...], earlier: tuple[Any, ...] | None) -> StatementStats:
     """A statement's figures between two raw readings of its row (``earlier`` None:
-    all of ``row`` is new), histogram trimmed; as ``StatementStats.__sub__`` gives them."""
-    calls = row[_CALLS] - (0 if earlier is None else earlier[_CALLS])
-    if calls <= 0:
-        # No call between the readings (the evicted or untexted row, say).
-        return _empty(_stats(row))
-    lo = row[_LO]
-    counts = list(memoryview(row[_HISTOGRAM]).cast("Q"))
-    min_ns, max_ns = row[_MIN], row[_MAX]
-    base = _EMPTY_ROW if earlier is None else earlier
-    if earlier is not None and earlier[_CALLS]:
-        before = memoryview(earlier[_HISTOGRAM]).cast("Q")
-        offset = earlier[_LO] - lo
-        if offset < 0:
-            # Earlier buckets below the current window were folded into its lowest.
-            counts[0] -= sum(before[: 1 - offset])
-            before, offset = before[1 - offset :], 1
-        end = min(offset + len(before), len(counts))
-        if end > offset:
-            counts[offset:end] = [
-                a - b for a, b in zip(counts[offset:end], before[: end - offset], strict=True)
-            ]
-        counts = [count if count > 0 else 0 for count in counts]
-    lo, counts = _trim(lo, counts)
-    if earlier is not None and earlier[_CALLS] and counts:
-        # An interval's extremes are known to the histogram's precision only.
-        min_ns = min(max(_midpoint(lo), row[_MIN]), row[_MAX])
-        max_ns = min(max(_midpoint(lo + len(counts) - 1), row[_MIN]), row[_MAX])
-    return StatementStats(
-        fingerprint=row[_FP],
-        sample_sql=row[_SAMPLE],
-        calls=calls,
-        errors=row[_ERRORS] - base[_ERRORS],
-        total_ns=row[_TOTAL] - base[_TOTAL],
-        min_ns=min_ns,
-        max_ns=max_ns,
-        rows=row[_ROWS] - base[_ROWS] if row[_ROWS_CALLS] else None,
-        first_seen_ns=(
-            row[_FIRST_SEEN] if earlier is None or not earlier[_CALLS] else earlier[_LAST_SEEN]
-        ),
-        last_seen_ns=row[_LAST_SEEN],
-        total_sq=row[_TOTAL_SQ] - base[_TOTAL_SQ],
-        histogram_lo=lo,
-        histogram=array.array("Q", counts).tobytes(),
-        serial=row[_SERIAL],
-    )
-
-
-def _retrimmed(stats: StatementStats) -> StatementStats:
-    """``stats`` with its histogram trimmed again (after a subtraction)."""
+    all of ``row`` is new), as ``StatementStats.__sub__`` gives them, the histogram
+    cut to its non-empty buckets."""
+    stats = _stats(row)
+    if earlier is not None:
+        return _minus(stats, _stats(earlier))
+    if not stats.calls:
+        return _empty(stats)  # the evicted or untexted row, before any call
     lo, counts = _trim(stats.histogram_lo, list(memoryview(stats.histogram).cast("Q")))
-    if lo == stats.histogram_lo and len(counts) * 8 == len(stats.histogram):
-        return stats
     return dataclasses.replace(stats, histogram_lo=lo, histogram=array.array("Q", counts).tobytes())
 
 
@@ -552,7 +497,6 @@ class FlightRecorder:
                     if current is None or current[_SERIAL] != earlier[_SERIAL]:
                         evicted = _minus(evicted, _stats(_full(earlier)))
                         evicted_rows_calls -= earlier[_ROWS_CALLS]
-                evicted = _retrimmed(evicted)
             untexted = _delta_stats(now.untexted, before.untexted)
             dropped = now.dropped - before.dropped
             step_sums = [a - b for a, b in zip(now.sums, before.sums, strict=True)]

@@ -212,12 +212,10 @@ def _minus(later: StatementStats, earlier: StatementStats) -> StatementStats:
         return _empty(later)
     lo, counts = _difference(later, earlier)
     min_ns, max_ns = later.min_ns, later.max_ns
-    if earlier.calls and any(counts):
+    if earlier.calls and counts:
         # An interval's extremes are known to the histogram's precision only.
-        low = lo + next(i for i, count in enumerate(counts) if count)
-        high = lo + max(i for i, count in enumerate(counts) if count)
-        min_ns = min(max(_midpoint(low), later.min_ns), later.max_ns)
-        max_ns = min(max(_midpoint(high), later.min_ns), later.max_ns)
+        min_ns = min(max(_midpoint(lo), later.min_ns), later.max_ns)
+        max_ns = min(max(_midpoint(lo + len(counts) - 1), later.min_ns), later.max_ns)
     return StatementStats(
         fingerprint=later.fingerprint,
         sample_sql=later.sample_sql,
@@ -245,19 +243,36 @@ def _pack(counts: list[int]) -> bytes:
 
 
 def _difference(later: StatementStats, earlier: StatementStats) -> tuple[int, list[int]]:
-    """Later's histogram minus earlier's, on later's window.
+    """Later's histogram minus earlier's, on later's window, cut to its non-empty buckets.
 
     Earlier's buckets below the later window were collapsed into its lowest
     bucket by the table meanwhile: they are here too, so the difference is exact.
     """
     lo = later.histogram_lo
     counts = list(_counts(later.histogram))
-    for index, count in enumerate(_counts(earlier.histogram)):
-        bucket = earlier.histogram_lo + index
-        at = max(0, bucket - lo)
-        if at < len(counts):
-            counts[at] -= count
-    return lo, [max(0, count) for count in counts]
+    before = _counts(earlier.histogram)
+    offset = earlier.histogram_lo - lo
+    if counts and offset < 0:
+        # Earlier's buckets up to the window's lowest all count in that lowest.
+        counts[0] -= sum(before[: 1 - offset])
+        before, offset = before[1 - offset :], 1
+    end = min(offset + len(before), len(counts))
+    if end > offset:
+        counts[offset:end] = [
+            a - b for a, b in zip(counts[offset:end], before[: end - offset], strict=True)
+        ]
+    return _trim(lo, [count if count > 0 else 0 for count in counts])
+
+
+def _trim(lo: int, counts: list[int]) -> tuple[int, list[int]]:
+    """A histogram cut to its first and last non-empty bucket (all of them between)."""
+    first = next((i for i, count in enumerate(counts) if count), None)
+    if first is None:
+        return 0, []
+    last = len(counts) - 1
+    while not counts[last]:
+        last -= 1
+    return lo + first, counts[first : last + 1]
 
 
 def _empty(stats: StatementStats) -> StatementStats:
