@@ -223,26 +223,7 @@ class _Entry:
 
     def flat_reading(self) -> tuple[Any, ...]:
         """The entry as a row of _read_rows: its histogram as (buffer, start, end)."""
-        counts = self.counts
-        return (
-            self.fingerprint,
-            self.sample_sql,
-            self.serial,
-            self.calls,
-            self.errors,
-            self.total_ns,
-            self.total_sq,
-            self.min_ns if self.calls else 0,
-            self.max_ns,
-            self.rows,
-            self.rows_calls,
-            self.first_seen,
-            self.last_seen,
-            self.lo,
-            array.array("Q", counts).tobytes(),
-            0,
-            8 * len(counts),
-        )
+        return (*self.reading(), 0, 8 * len(self.counts))
 
     def reading(self) -> tuple[Any, ...]:
         return (
