@@ -640,6 +640,11 @@ def mysql_double_quoted(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '""') + '"'
 
 
+def mysql_doubled_quotes(text: str) -> str:
+    """A MySQL string with its quotes doubled: backslashes still escape, so escaped too."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
 def standard_string(text: str) -> str:
     """An SQL standard string: quotes doubled, backslashes ordinary."""
     return "'" + text.replace("'", "''") + "'"
@@ -673,7 +678,7 @@ def literal(draw: st.DrawFn, dialect: str | None) -> str:
         return draw(st.sampled_from(["true", "FALSE", "null"]))
     text = draw(st.text(max_size=30))
     if dialect in MYSQL_LIKE:
-        writers = [mysql_string, mysql_double_quoted, standard_string]
+        writers = [mysql_string, mysql_double_quoted, mysql_doubled_quotes]
     elif dialect == "postgresql":
         writers = [standard_string, postgres_escape_string, dollar_string]
     else:
